@@ -1,0 +1,54 @@
+# The two commands that matter: `make demo` (the main job end to end) and `make test`.
+# Both install what is missing (system packages with apt, Python packages in .venv).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help install system-deps test test-fast up down status demo lint clean
+
+help:
+	@echo "make demo    start the local stack and run a training job end to end"
+	@echo "make test    install what is missing and run the whole test suite"
+	@echo "make up      start the local stack in the background (.run/stack.env)"
+	@echo "make down    stop it"
+	@echo "make status  which services answer"
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+$(PY):
+	$(PYTHON) -m venv $(VENV) || (bash scripts/install-system-deps.sh --venv && $(PYTHON) -m venv $(VENV))
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $(STAMP)
+
+install: system-deps $(STAMP)
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(PY) -m pytest tests/unit tests/api $(PYTEST_ARGS)
+
+up: install
+	$(PY) -m platform_app.devstack up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m platform_app.devstack down; fi
+
+status:
+	$(PY) -m platform_app.devstack status
+
+demo: up
+	$(PY) scripts/demo.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean: down
+	rm -rf .run

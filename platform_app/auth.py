@@ -1,0 +1,77 @@
+"""Who may call what: operators with the API key, trainers with their job's token.
+
+Callback tokens are signed with itsdangerous (timestamped, salted per purpose), so checking
+one costs an HMAC and no DB round trip; they carry the job id they are scoped to.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import datetime, timedelta, timezone
+from functools import wraps
+from typing import Callable, TypeVar
+
+from flask import current_app, request
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from platform_app.errors import APIError
+
+F = TypeVar("F", bound=Callable)
+CALLBACK_SALT = "job-callback-token"
+
+
+def _serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=CALLBACK_SALT)
+
+
+def issue_callback_token(job_id: int) -> tuple[str, datetime]:
+    token = _serializer().dumps({"job_id": job_id})
+    ttl = current_app.config["CALLBACK_TOKEN_TTL_SECONDS"]
+    return token, datetime.now(timezone.utc) + timedelta(seconds=ttl)
+
+
+def verify_callback_token(token: str, job_id: int) -> None:
+    """Raise 401 for a missing, forged or expired token and 403 for another job's."""
+    try:
+        claims = _serializer().loads(token, max_age=current_app.config["CALLBACK_TOKEN_TTL_SECONDS"])
+    except SignatureExpired:
+        raise APIError("TOKEN_EXPIRED", "the job token has expired") from None
+    except BadSignature:
+        raise APIError("INVALID_TOKEN", "the job token is not valid") from None
+    if not isinstance(claims, dict) or claims.get("job_id") != job_id:
+        raise APIError("FORBIDDEN", "this token belongs to another job", {"job_id": job_id})
+
+
+def _bearer_token() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise APIError("UNAUTHENTICATED", "send the job token as 'Authorization: Bearer <token>'")
+    return token.strip()
+
+
+def require_job_token(view: F) -> F:
+    """For trainer callbacks: the URL's job_id must match the token's."""
+
+    @wraps(view)
+    def wrapper(*args, job_id: int, **kwargs):
+        verify_callback_token(_bearer_token(), job_id)
+        return view(*args, job_id=job_id, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def require_operator(view: F) -> F:
+    """For operator endpoints; a trainer's job token is not accepted here."""
+
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        key = request.headers.get("X-API-Key", "")
+        expected = current_app.config["OPERATOR_API_KEY"]
+        if not key:
+            raise APIError("UNAUTHENTICATED", "send the operator key in the X-API-Key header")
+        if not hmac.compare_digest(key.encode(), expected.encode()):
+            raise APIError("UNAUTHENTICATED", "the operator key is not valid")
+        return view(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,55 @@
+"""Extension objects, created unbound and bound to an app in `create_app`."""
+
+from __future__ import annotations
+
+from celery import Celery, Task
+from flask import Flask
+from flask_smorest import Api
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+rest_api = Api()
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    """WAL lets pollers read while a worker writes; without it every read waits on writes."""
+    if type(dbapi_connection).__module__.startswith("sqlite3"):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Bind a Celery app to the Flask app, so every task runs inside an app context with
+    the same config (and DB session) as the API. Pattern from Flask's Celery guide."""
+
+    class FlaskTask(Task):
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.config_from_object("celeryconfig")
+    celery_app.conf.update(
+        broker_url=app.config["CELERY_BROKER_URL"],
+        beat_schedule={
+            "outbox-sweep": {
+                "task": "outbox.sweep",
+                "schedule": app.config["OUTBOX_SWEEP_INTERVAL_SECONDS"],
+            }
+        },
+    )
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app

@@ -1,0 +1,1 @@
+"""Services: the only code that talks to MLflow, the object store, Redis and the outbox."""

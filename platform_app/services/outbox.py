@@ -1,0 +1,149 @@
+"""The outbox: accepted callbacks are rows first, queue messages second.
+
+A callback is committed (with its effect on the job's state) before it is acknowledged,
+then announced to Celery by id. If the announcement is lost — broker down at that moment,
+broker restarted with its queue, worker killed — the beat-driven sweeper announces it again,
+so nothing accepted is ever lost. Projection tasks are idempotent, so an event announced
+twice is harmless.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+
+import sqlalchemy as sa
+from celery import current_app as celery_app
+from sqlalchemy.exc import IntegrityError
+
+from platform_app.errors import APIError
+from platform_app.extensions import db
+from platform_app.joblog import job_logger
+from platform_app.models import Event, EventKind, EventState, Job, utcnow
+
+log = logging.getLogger(__name__)
+
+TASK_BY_KIND = {
+    EventKind.PROGRESS: "metrics.project_job",
+    EventKind.COMPLETION: "metrics.project_job",
+    EventKind.LOGS: "logs.project",
+    EventKind.VALIDATION: "validation.project",
+}
+
+
+@dataclass(frozen=True)
+class Accepted:
+    body: dict
+    replayed: bool
+
+
+def request_hash(kind: EventKind, payload: dict) -> str:
+    canonical = json.dumps([kind.value, payload], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | None,
+           apply_to_job=None) -> Accepted:
+    """Persist one callback and announce it. `apply_to_job(job, payload)` updates the job
+    in the same transaction and may raise APIError to refuse the callback."""
+    digest = request_hash(kind, payload)
+    if idempotency_key:
+        earlier = _replay(job_id, idempotency_key, digest)
+        if earlier is not None:
+            return earlier
+    job = db.session.get(Job, job_id, with_for_update=True)
+    if job is None:
+        raise APIError.not_found("job", job_id=job_id)
+    if apply_to_job is not None:
+        apply_to_job(job, payload)
+    event = Event(job_id=job_id, kind=kind, payload=payload,
+                  idempotency_key=idempotency_key, request_hash=digest)
+    db.session.add(event)
+    db.session.flush()
+    event.response = {"event_id": event.id, "job_id": job_id, "kind": kind.value,
+                      "job_status": job.status.value}
+    try:
+        db.session.commit()
+    except IntegrityError:
+        # Another request with the same key won the race: answer as it did.
+        db.session.rollback()
+        earlier = _replay(job_id, idempotency_key, digest) if idempotency_key else None
+        if earlier is None:
+            raise
+        return earlier
+    announce(event)
+    return Accepted(body=event.response, replayed=False)
+
+
+def _replay(job_id: int, key: str, digest: str) -> Accepted | None:
+    earlier = db.session.execute(
+        sa.select(Event.request_hash, Event.response)
+        .where(Event.job_id == job_id, Event.idempotency_key == key)
+    ).first()
+    if earlier is None:
+        return None
+    if earlier.request_hash != digest:
+        raise APIError("IDEMPOTENCY_KEY_REUSED",
+                       "this Idempotency-Key was used with a different request",
+                       {"idempotency_key": key})
+    return Accepted(body=earlier.response, replayed=True)
+
+
+def announce(event: Event) -> bool:
+    """Enqueue the projection task for an event; a broker failure is logged, not raised:
+    the event is already safe in the DB and the sweeper will announce it again."""
+    try:
+        celery_app.send_task(TASK_BY_KIND[event.kind], args=[event.id], task_id=event.task_id)
+        return True
+    except Exception as exc:  # kombu raises several unrelated types for an unreachable broker
+        job_logger(__name__, event.job_id).warning(
+            "event %s stays pending, broker unreachable: %s", event.id, exc)
+        return False
+
+
+def record_failure(event_id: int, error: str, *, retryable: bool, max_attempts: int,
+                   retry_in_s: float) -> int:
+    """Count one failed projection attempt; the event fails for good after the last
+    attempt or at once when retrying cannot help. Returns the attempts so far."""
+    event = db.session.get(Event, event_id)
+    if event is None or event.state != EventState.PENDING:
+        return max_attempts
+    event.attempts += 1
+    event.last_error = error[:4000]
+    if not retryable or event.attempts >= max_attempts:
+        event.state = EventState.FAILED
+    else:
+        # Not stale before the retry is due: the sweeper must not race the queue's retry.
+        event.enqueued_at = utcnow() + timedelta(seconds=retry_in_s)
+    db.session.commit()
+    return event.attempts if event.state == EventState.PENDING else max_attempts
+
+
+def sweep(stale_after_s: float, limit: int = 1000) -> int:
+    """Announce again every pending event whose announcement is older than `stale_after_s`
+    (a lost message, a flushed broker, a worker that died before acking)."""
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    stale = db.session.scalars(
+        sa.select(Event).where(Event.state == EventState.PENDING, Event.enqueued_at < cutoff)
+        .order_by(Event.id).limit(limit)
+    ).all()
+    for event in stale:
+        event.enqueued_at = utcnow()
+    db.session.commit()
+    announced = sum(announce(event) for event in stale)
+    if stale:
+        log.info("sweeper re-announced %d of %d stale events", announced, len(stale))
+    return len(stale)
+
+
+def replay_failed(event: Event) -> None:
+    """An operator's second chance for a failed event."""
+    event.state = EventState.PENDING
+    event.attempts = 0
+    event.last_error = None
+    event.enqueued_at = utcnow()
+    db.session.commit()
+    announce(event)

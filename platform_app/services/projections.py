@@ -1,0 +1,178 @@
+"""Projections of accepted events into their sinks. Each one is idempotent: it claims the
+event with a compare-and-set on its state in the same transaction as its DB writes, or (for
+MLflow, which has no transactions with us) writes points that MLflow stores once."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import current_app
+
+from platform_app.extensions import db
+from platform_app.joblog import job_logger
+from platform_app.models import (
+    Event, EventKind, EventState, Job, LogLine, ValidationImageResult, ValidationResult,
+    utcnow)
+from platform_app.schemas import metric_float
+from platform_app.services import locks
+from platform_app.services.errors import SinkRejected
+from platform_app.services.tracking import Point, RunSpec, TrackingService, legal_metric_key
+
+
+def claim(event_ids: list[int]) -> int:
+    """Mark pending events projected; returns how many this caller claimed."""
+    result = db.session.execute(
+        sa.update(Event)
+        .where(Event.id.in_(event_ids), Event.state == EventState.PENDING)
+        .values(state=EventState.PROJECTED, projected_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount
+
+
+def project_logs(event: Event) -> None:
+    if not claim([event.id]):
+        db.session.rollback()
+        return
+    log_type = event.payload.get("log_type", "stdout")
+    db.session.execute(sa.insert(LogLine), [
+        {"job_id": event.job_id, "event_id": event.id, "seq": seq, "log_type": log_type,
+         "line": line, "created_ms": event.accepted_ms}
+        for seq, line in enumerate(event.payload["lines"])
+    ])
+    db.session.commit()
+
+
+def project_validation(event: Event) -> None:
+    """Update-or-create per (job, epoch); an older event never overwrites a newer one."""
+    if not claim([event.id]):
+        db.session.rollback()
+        return
+    data = event.payload
+    existing = db.session.scalar(sa.select(ValidationResult).where(
+        ValidationResult.job_id == event.job_id, ValidationResult.epoch == data["epoch"]))
+    if existing is not None:
+        if existing.event_id > event.id:
+            db.session.commit()
+            return
+        db.session.execute(sa.delete(ValidationImageResult).where(
+            ValidationImageResult.validation_result_id == existing.id))
+        db.session.delete(existing)
+        db.session.flush()
+    images = data.get("image_results") or []
+    result = ValidationResult(
+        job_id=event.job_id, event_id=event.id, epoch=data["epoch"],
+        task_type=data["task_type"], primary_metric_name=data.get("primary_metric_name"),
+        primary_metric_value=_finite_or_none(data.get("primary_metric_value")),
+        overall_loss=_finite_or_none(data.get("overall_loss")),
+        metrics=data.get("metrics") or {}, class_names=data.get("class_names") or [],
+        visualization_urls=data.get("visualization_urls") or {},
+        confusion_matrix=data.get("confusion_matrix"), image_count=len(images))
+    db.session.add(result)
+    db.session.flush()
+    if images:
+        db.session.execute(sa.insert(ValidationImageResult), [
+            {"validation_result_id": result.id, "image_path": image["image_path"],
+             "image_name": image.get("image_name"),
+             "true_label_id": image.get("true_label_id"),
+             "predicted_label_id": image.get("predicted_label_id"),
+             "confidence": image.get("confidence"), "is_correct": image.get("is_correct"),
+             "detections": image.get("detections")}
+            for image in images
+        ])
+    db.session.commit()
+    job_logger(__name__, event.job_id).info(
+        "validation epoch %s stored with %d image results", data["epoch"], len(images))
+
+
+def _finite_or_none(value: float | str | None) -> float | None:
+    """DB float columns hold finite numbers; the event payload keeps NaN/Infinity."""
+    return None if value is None or isinstance(value, str) else float(value)
+
+
+def project_job_metrics(job_id: int, tracking: TrackingService) -> int:
+    """Write every pending progress/completion event of a job to its MLflow run, oldest
+    first, in as few `log_batch` calls as MLflow's limits allow. One worker at a time per
+    job (a lock), so events that pile up while it writes go out in the next large batch.
+    Returns how many events it projected."""
+    logger = job_logger(__name__, job_id)
+    batch_size = current_app.config["METRICS_BATCH_EVENTS"]
+    projected = 0
+    with locks.job_lock("metrics", job_id):
+        job = db.session.get(Job, job_id)
+        run_id = _ensure_run(job, tracking)
+        while True:
+            events = db.session.scalars(
+                sa.select(Event).where(
+                    Event.job_id == job_id, Event.state == EventState.PENDING,
+                    Event.kind.in_((EventKind.PROGRESS, EventKind.COMPLETION)))
+                .order_by(Event.id).limit(batch_size)
+            ).all()
+            if not events:
+                break
+            completion = next((e for e in events if e.kind == EventKind.COMPLETION), None)
+            if completion is not None:
+                events = [e for e in events if e.id <= completion.id]
+            requests = _write_isolating_rejects(events, run_id, job.current_epoch or 0,
+                                                tracking, logger)
+            if completion is not None:
+                tracking.finish_run(run_id, completion.payload["status"],
+                                    completion.accepted_ms)
+            claim([e.id for e in events])
+            db.session.commit()
+            projected += len(events)
+            logger.info("projected %d events into MLflow run %s in %d requests",
+                        len(events), run_id, requests)
+    return projected
+
+
+def _ensure_run(job: Job, tracking: TrackingService) -> str:
+    if job.mlflow_run_id:
+        return job.mlflow_run_id
+    experiment_id = tracking.ensure_experiment(job.experiment_name)
+    spec = RunSpec(
+        job_id=job.id, experiment_name=job.experiment_name, run_name=f"job-{job.id}",
+        tags={**{str(k): str(v) for k, v in job.tags.items()},
+              "model_name": job.model_name, "task_type": job.task_type},
+        params=dict(job.params))
+    job.mlflow_experiment_id = experiment_id
+    job.mlflow_run_id = tracking.ensure_run(spec, experiment_id)
+    db.session.commit()
+    job_logger(__name__, job.id).info("MLflow run %s in experiment %s", job.mlflow_run_id,
+                                      experiment_id)
+    return job.mlflow_run_id
+
+
+def points_of(event: Event, final_step: int) -> list[Point]:
+    """Progress metrics at their step (or epoch); final metrics at the job's last epoch."""
+    payload = event.payload
+    if event.kind == EventKind.PROGRESS:
+        step = payload.get("step")
+        step = payload["current_epoch"] if step is None else step
+        metrics = payload.get("metrics") or {}
+    else:
+        step, metrics = final_step, payload.get("final_metrics") or {}
+    return [Point(legal_metric_key(k), metric_float(v), step, event.accepted_ms)
+            for k, v in metrics.items() if v is not None]
+
+
+def _write_isolating_rejects(events: list[Event], run_id: str, final_step: int,
+                             tracking: TrackingService, logger) -> int:
+    """One batch for all events; if MLflow refuses it, find the refused events one by one
+    so that one bad event cannot hold the others back."""
+    per_event = [(event, points_of(event, final_step)) for event in events]
+    points = [point for _, event_points in per_event for point in event_points]
+    try:
+        return tracking.log_points(run_id, points)
+    except SinkRejected:
+        if len(events) == 1:
+            raise
+    requests = 0
+    for event, event_points in per_event:
+        try:
+            requests += tracking.log_points(run_id, event_points)
+        except SinkRejected as exc:
+            logger.error("MLflow refused event %s: %s", event.id, exc)
+            event.state = EventState.FAILED
+            event.last_error = str(exc)[:4000]
+            events.remove(event)
+    return requests

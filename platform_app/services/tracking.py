@@ -1,0 +1,137 @@
+"""MLflow as a projection target: one experiment per experiment name, one run per job.
+
+Every call here may run twice (at-least-once delivery, retries, the sweeper), so run
+creation is create-or-find by the `platform.job_id` tag and metric points carry the
+timestamp fixed when the callback was accepted, which MLflow stores once however often
+the same point is logged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from platform_app.services.errors import SinkRejected, SinkUnavailable
+
+JOB_ID_TAG = "platform.job_id"
+MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
+MAX_PARAMS_PER_BATCH = 100
+MAX_PARAM_VALUE = 6000
+_ILLEGAL = re.compile(r"[^/\w.\- ]")
+
+
+def legal_metric_key(key: str) -> str:
+    """A stable MLflow-legal name: parentheses dropped as Ultralytics' own MLflow callback
+    does (`metrics/mAP50-95(B)` → `metrics/mAP50-95B`), other illegal characters become
+    `_`, and path segments that MLflow refuses (empty, `.`, `..`) are dropped or replaced."""
+    cleaned = _ILLEGAL.sub("_", key.replace("(", "").replace(")", ""))
+    segments = [s if s != ".." else "_" for s in cleaned.split("/") if s not in ("", ".")]
+    name = "/".join(segments)
+    return name or "_"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    job_id: int
+    experiment_name: str
+    run_name: str
+    tags: dict[str, str]
+    params: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Point:
+    key: str
+    value: float
+    step: int
+    timestamp_ms: int
+
+
+TERMINAL_RUN_STATUS = {
+    "completed": RunStatus.to_string(RunStatus.FINISHED),
+    "failed": RunStatus.to_string(RunStatus.FAILED),
+    "cancelled": RunStatus.to_string(RunStatus.KILLED),
+}
+
+
+@contextmanager
+def _classified() -> Iterator[None]:
+    """MLflow raises one exception type; tell data it refuses from outages."""
+    try:
+        yield
+    except MlflowException as exc:
+        status = exc.get_http_status_code()
+        if 400 <= status < 500 and status not in (408, 429):
+            raise SinkRejected(f"MLflow refused the request: {exc.message}") from exc
+        raise SinkUnavailable(f"MLflow unavailable: {exc.message}") from exc
+    except OSError as exc:
+        raise SinkUnavailable(f"MLflow unreachable: {exc}") from exc
+
+
+class TrackingService:
+    def __init__(self, tracking_uri: str, timeout_s: int, max_retries: int) -> None:
+        # The MLflow client reads these only from the environment. Its defaults (7 retries,
+        # 120 s timeout) would hold a worker for minutes; the queue does the retrying.
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max_retries)
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+
+    def ensure_experiment(self, name: str) -> str:
+        with _classified():
+            experiment = self.client.get_experiment_by_name(name)
+            if experiment is not None:
+                return experiment.experiment_id
+            try:
+                return self.client.create_experiment(name)
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                return self.client.get_experiment_by_name(name).experiment_id
+
+    def ensure_run(self, spec: RunSpec, experiment_id: str) -> str:
+        """Find the job's run by tag or create it; safe to repeat after a crash between
+        creating the run and storing its id."""
+        with _classified():
+            found = self.client.search_runs(
+                [experiment_id], filter_string=f"tags.`{JOB_ID_TAG}` = '{spec.job_id}'",
+                max_results=1)
+            if found:
+                return found[0].info.run_id
+            tags = {**spec.tags, JOB_ID_TAG: str(spec.job_id)}
+            run = self.client.create_run(experiment_id, tags=tags, run_name=spec.run_name)
+            params = [Param(k, _param_value(v)) for k, v in spec.params.items()]
+            for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
+                self.client.log_batch(run.info.run_id,
+                                      params=params[start:start + MAX_PARAMS_PER_BATCH])
+            return run.info.run_id
+
+    def log_points(self, run_id: str, points: Sequence[Point]) -> int:
+        """Write points in as few requests as MLflow allows; returns the request count."""
+        metrics = [Metric(p.key, p.value, p.timestamp_ms, p.step) for p in points]
+        requests = 0
+        with _classified():
+            for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+                self.client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
+                requests += 1
+        return requests
+
+    def finish_run(self, run_id: str, job_status: str, end_ms: int) -> None:
+        with _classified():
+            self.client.set_terminated(run_id, TERMINAL_RUN_STATUS[job_status], end_time=end_ms)
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _param_value(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text[:MAX_PARAM_VALUE]

@@ -1,0 +1,213 @@
+"""Shared fixtures. Real services (Redis, PostgreSQL, SeaweedFS S3, MLflow) come from
+tests/fixtures/services.py, started on free ports and stopped afterwards.
+
+- `api_client`: the API in-process on a fresh SQLite DB, no worker — for request-path tests.
+- `stack`: the API plus a real Celery worker process (with beat) on a real Redis broker,
+  once per database backend (SQLite and PostgreSQL) — for pipeline tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from platform_app import create_app
+from platform_app.config import Config
+from platform_app.extensions import db
+
+pytest_plugins = ["tests.fixtures.services"]
+ROOT = Path(__file__).resolve().parent.parent
+_redis_db = itertools.count(1)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 30, interval: float = 0.1,
+               message: str = "condition") -> object:
+    """Poll until `predicate()` is truthy; fail the test with `message` otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+def base_config(**overrides: object) -> Config:
+    settings = dict(
+        SECRET_KEY=secrets.token_urlsafe(32),
+        OPERATOR_API_KEY=secrets.token_urlsafe(32),
+        OUTBOX_SWEEP_INTERVAL_SECONDS=1.0,
+        OUTBOX_STALE_AFTER_SECONDS=3.0,
+        OUTBOX_RETRY_BACKOFF_SECONDS=0.5,
+        OUTBOX_RETRY_BACKOFF_MAX_SECONDS=2.0,
+        OUTBOX_MAX_ATTEMPTS=50,
+        MLFLOW_HTTP_REQUEST_TIMEOUT=5,
+    )
+    settings.update(overrides)
+    return Config(**settings)
+
+
+class ApiActions:
+    """What tests do over and over: create a job, call back as its trainer."""
+
+    def __init__(self, client, config: Config) -> None:
+        self.client = client
+        self.operator = {"X-API-Key": config.OPERATOR_API_KEY}
+
+    def create_job(self, **overrides: object) -> dict:
+        body = {"model_name": "yolov8n.yaml", "task_type": "detection",
+                "experiment_name": f"test-{uuid.uuid4().hex[:10]}", "epochs": 3,
+                "params": {"imgsz": 128, "batch": 8}, "tags": {"team": "vision"}}
+        body.update(overrides)
+        response = self.client.post("/api/v1/training/jobs", json=body, headers=self.operator)
+        assert response.status_code == 201, response.get_json()
+        return response.get_json()
+
+    @staticmethod
+    def bearer(job: dict) -> dict:
+        return {"Authorization": f"Bearer {job['callback_token']}"}
+
+    def callback(self, job: dict, kind: str, body: dict, key: str | None = None,
+                 expect: int | None = 202):
+        headers = self.bearer(job)
+        if key:
+            headers["Idempotency-Key"] = key
+        if kind == "validation":
+            path = f"/api/v1/validation/jobs/{job['job_id']}/results"
+        else:
+            path = f"/api/v1/training/jobs/{job['job_id']}/callback/{kind}"
+        response = self.client.post(path, json=body, headers=headers)
+        if expect is not None:
+            assert response.status_code == expect, response.get_json()
+        return response
+
+    def get(self, path: str, **params: object):
+        response = self.client.get(path, headers=self.operator, query_string=params)
+        assert response.status_code == 200, response.get_json()
+        return response.get_json()
+
+    def job(self, job_id: int) -> dict:
+        return self.get(f"/api/v1/training/jobs/{job_id}")
+
+
+@pytest.fixture()
+def api_config(tmp_path: Path, redis_url: str) -> Config:
+    """No worker consumes this broker DB: request-path tests only look at what is stored."""
+    broker_url = _redis_db_url(redis_url, 15)
+    return base_config(DATABASE_URL=f"sqlite:///{tmp_path}/platform.db", REDIS_URL=broker_url,
+                       CELERY_BROKER_URL=broker_url, PLATFORM_DATA_DIR=str(tmp_path))
+
+
+@pytest.fixture()
+def api_app(api_config: Config):
+    app = create_app(api_config)
+    with app.app_context():
+        db.create_all()
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture()
+def api(api_app, api_config: Config) -> ApiActions:
+    return ApiActions(api_app.test_client(), api_config)
+
+
+def _redis_db_url(redis_url: str, index: int) -> str:
+    """The same server, another logical DB: stacks must not consume each other's tasks."""
+    base = redis_url.rsplit("/", 1)[0] if redis_url.count("/") > 2 else redis_url
+    return f"{base}/{index}"
+
+
+@dataclass
+class Worker:
+    """A real `celery worker -B` process with the stack's config in its environment."""
+
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.log_file = open(self.log_path, "a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-B",
+             "--loglevel", "INFO", "--concurrency", "2", "--without-heartbeat",
+             "--without-mingle", "--without-gossip",
+             "--schedule", str(self.log_path.with_suffix(".beat"))],
+            cwd=ROOT, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        wait_until(lambda: "ready." in self.log_path.read_text() or self.process.poll(),
+                   timeout=60, message="the Celery worker to start")
+        if self.process.poll() is not None:
+            pytest.fail(f"worker exited:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, 9)
+                self.process.wait()
+        self.process = None
+        self.log_file.close()
+
+
+@dataclass
+class Stack:
+    app: object
+    config: Config
+    actions: ApiActions
+    worker: Worker
+    mlflow: object
+    broker: redis.Redis
+
+    def event(self, event_id: int) -> dict:
+        return self.actions.get(f"/api/v1/events/{event_id}")
+
+    def wait_projected(self, event_ids: list[int], timeout: float = 60) -> None:
+        def done() -> bool:
+            return all(self.event(i)["state"] == "projected" for i in event_ids)
+        wait_until(done, timeout=timeout, message=f"events {event_ids} to be projected")
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgresql"])
+def stack(request, tmp_path_factory, redis_url, s3_settings, mlflow_server) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp(f"stack-{request.param}")
+    if request.param == "sqlite":
+        database_url = f"sqlite:///{workdir}/platform.db"
+    else:
+        from platform_app.devstack.services import create_database
+        admin_url = request.getfixturevalue("postgres_admin_url")
+        name = f"platform_{uuid.uuid4().hex[:8]}"
+        create_database(admin_url, name)
+        database_url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    broker_url = _redis_db_url(redis_url, next(_redis_db))
+    config = base_config(
+        DATABASE_URL=database_url, REDIS_URL=broker_url, CELERY_BROKER_URL=broker_url,
+        MLFLOW_TRACKING_URI=mlflow_server.uri, S3_ENDPOINT_URL=s3_settings.endpoint_url,
+        S3_ACCESS_KEY=s3_settings.access_key, S3_SECRET_KEY=s3_settings.secret_key,
+        S3_BUCKET=s3_settings.bucket, PLATFORM_DATA_DIR=str(workdir))
+    app = create_app(config)
+    with app.app_context():
+        db.create_all()
+    env = {**os.environ, **config.as_environ(), "PYTHONUNBUFFERED": "1"}
+    worker = Worker(env=env, log_path=workdir / "worker.log")
+    worker.start()
+    yield Stack(app=app, config=config, actions=ApiActions(app.test_client(), config),
+                worker=worker, mlflow=mlflow_server, broker=redis.Redis.from_url(broker_url))
+    worker.stop()
+    with app.app_context():
+        db.engine.dispose()

@@ -1,0 +1,72 @@
+"""Nothing accepted is lost: MLflow down, broker flushed, a sink refusing data."""
+
+from __future__ import annotations
+
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import wait_until
+
+
+def test_mlflow_outage_delays_but_loses_nothing(stack):
+    api = stack.actions
+    job = api.create_job()
+    first = api.callback(job, "progress", {"current_epoch": 1, "metrics": {"loss": 1.0}})
+    stack.wait_projected([first.get_json()["event_id"]])
+    stack.mlflow.stop()
+    try:
+        ids = [api.callback(job, "progress", {"current_epoch": e, "metrics": {"loss": 1 / e}})
+               .get_json()["event_id"] for e in range(2, 7)]
+        wait_until(lambda: stack.event(ids[0])["attempts"] >= 1, timeout=30,
+                   message="a failed attempt while MLflow is down")
+        pending = stack.event(ids[0])
+        assert pending["state"] == "pending" and "MLflow" in pending["last_error"]
+    finally:
+        stack.mlflow.start()
+    stack.wait_projected(ids, timeout=90)
+    run_id = api.job(job["job_id"])["mlflow_run_id"]
+    points = MlflowClient(stack.mlflow.uri).get_metric_history(run_id, "loss")
+    assert sorted(p.step for p in points) == [1, 2, 3, 4, 5, 6]
+
+
+def test_broker_flush_is_recovered_by_the_sweeper(stack):
+    api = stack.actions
+    job = api.create_job()
+    stack.worker.stop()
+    try:
+        ids = [api.callback(job, "progress", {"current_epoch": e, "metrics": {"loss": e}})
+               .get_json()["event_id"] for e in range(1, 4)]
+        ids.append(api.callback(job, "logs", {"lines": ["lost?"]}).get_json()["event_id"])
+        assert stack.broker.llen("platform") >= 4
+        stack.broker.flushdb()
+    finally:
+        stack.worker.start()
+    stack.wait_projected(ids, timeout=60)
+    assert [line["line"] for line in
+            api.get(f"/api/v1/training/jobs/{job['job_id']}/logs")["items"]] == ["lost?"]
+    run_id = api.job(job["job_id"])["mlflow_run_id"]
+    assert len(MlflowClient(stack.mlflow.uri).get_metric_history(run_id, "loss")) == 3
+
+
+def test_refused_event_fails_visibly_and_can_be_replayed(stack):
+    """MLflow refuses runs in a deleted experiment: the event fails at once (no retries
+    on bad data), shows in the operator's failed list, and replays after a fix."""
+    api = stack.actions
+    client = MlflowClient(stack.mlflow.uri)
+    job = api.create_job()
+    experiment_id = client.create_experiment(job["experiment_name"])
+    client.delete_experiment(experiment_id)
+    event_id = api.callback(job, "progress", {"current_epoch": 1, "metrics": {"loss": 1.0}}
+                            ).get_json()["event_id"]
+    wait_until(lambda: stack.event(event_id)["state"] == "failed", timeout=30,
+               message="the refused event to fail")
+    event = stack.event(event_id)
+    assert event["attempts"] == 1 and event["last_error"]
+    failed = api.get("/api/v1/events/failed", per_page=500)
+    assert event_id in [e["event_id"] for e in failed["items"]]
+
+    client.restore_experiment(experiment_id)
+    response = api.client.post(f"/api/v1/events/{event_id}/replay", headers=api.operator)
+    assert response.status_code == 202
+    stack.wait_projected([event_id])
+    run_id = api.job(job["job_id"])["mlflow_run_id"]
+    assert [p.value for p in client.get_metric_history(run_id, "loss")] == [1.0]

@@ -1,0 +1,85 @@
+"""Thin projection tasks: load the event by id, call a service, record the outcome.
+
+Arguments are event ids only. Every task is idempotent (see platform_app.services), so
+they run with late acks and are re-delivered if a worker dies. Failures that may pass
+(MLflow down, DB busy) are retried with exponential backoff and jitter, counted on the
+event; data a sink refuses fails the event at once. Either way the outcome is visible on
+the event row, not in a result backend.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from celery import Task, shared_task
+from flask import current_app
+from sqlalchemy.exc import OperationalError
+
+from platform_app.extensions import db
+from platform_app.joblog import job_logger
+from platform_app.models import Event, EventState
+from platform_app.services import outbox, projections
+from platform_app.services.errors import SinkRejected, SinkUnavailable
+
+TRANSIENT = (SinkUnavailable, OperationalError)
+PROJECTION = dict(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+
+
+def backoff(attempts: int, base_s: float, cap_s: float) -> float:
+    """Exponential backoff with jitter, so that tasks failing together (a sink outage) do
+    not come back together. Celery's helper takes whole seconds only."""
+    ceiling = min(cap_s, base_s * 2 ** attempts)
+    return random.uniform(ceiling / 2, ceiling)
+
+
+def run_projection(task: Task, event_id: int, project: Callable[[Event], object]) -> None:
+    event = db.session.get(Event, event_id)
+    if event is None or event.state != EventState.PENDING:
+        return  # already projected (a duplicate delivery) or failed for good
+    logger = job_logger(task.name, event.job_id)
+    config = current_app.config
+    try:
+        project(event)
+    except TRANSIENT as exc:
+        db.session.rollback()
+        delay = backoff(event.attempts, config["OUTBOX_RETRY_BACKOFF_SECONDS"],
+                        config["OUTBOX_RETRY_BACKOFF_MAX_SECONDS"])
+        attempts = outbox.record_failure(event_id, str(exc), retryable=True,
+                                         max_attempts=config["OUTBOX_MAX_ATTEMPTS"],
+                                         retry_in_s=delay)
+        if attempts >= config["OUTBOX_MAX_ATTEMPTS"]:
+            logger.error("event %s failed after %d attempts: %s", event_id, attempts, exc)
+            return
+        logger.warning("event %s attempt %d failed, retrying in %.1f s: %s",
+                       event_id, attempts, delay, exc)
+        raise task.retry(countdown=delay, exc=exc)
+    except SinkRejected as exc:
+        db.session.rollback()
+        outbox.record_failure(event_id, str(exc), retryable=False, max_attempts=1,
+                              retry_in_s=0)
+        logger.error("event %s refused by its sink: %s", event_id, exc)
+
+
+@shared_task(name="metrics.project_job", **PROJECTION)
+def project_job_metrics(self: Task, event_id: int) -> None:
+    """Progress and completion events of the event's job → its MLflow run."""
+    tracking = current_app.extensions["tracking"]
+    run_projection(self, event_id,
+                   lambda event: projections.project_job_metrics(event.job_id, tracking))
+
+
+@shared_task(name="logs.project", **PROJECTION)
+def project_logs(self: Task, event_id: int) -> None:
+    run_projection(self, event_id, projections.project_logs)
+
+
+@shared_task(name="validation.project", **PROJECTION)
+def project_validation(self: Task, event_id: int) -> None:
+    run_projection(self, event_id, projections.project_validation)
+
+
+@shared_task(name="outbox.sweep", ignore_result=True)
+def sweep_outbox() -> int:
+    """Beat-scheduled: re-announce events whose message was lost."""
+    return outbox.sweep(current_app.config["OUTBOX_STALE_AFTER_SECONDS"])
