@@ -43,7 +43,7 @@ class Number(fields.Field):
             raise self.make_error("invalid")
         if not math.isfinite(value):
             return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-        return float(value)
+        return value  # ints stay ints (confusion-matrix counts)
 
 
 def metrics_field(**kwargs: Any) -> fields.Dict:

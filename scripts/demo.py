@@ -109,11 +109,14 @@ def wait_projected(api: str, headers: dict, events: list[int], timeout: float = 
 def main() -> None:
     env = read_stack_env()
     api, headers = env["API_URL"], {"X-API-Key": env["OPERATOR_API_KEY"]}
-    job = requests.post(f"{api}/api/v1/training/jobs", headers=headers, timeout=10, json={
+    response = requests.post(f"{api}/api/v1/training/jobs", headers=headers, timeout=10, json={
         "model_name": "yolov8n.yaml", "task_type": "detection",
         "experiment_name": "demo-detection", "epochs": EPOCHS,
         "params": {"imgsz": 128, "batch": 8}, "tags": {"demo": "scripted",
-                                                       "run": uuid.uuid4().hex[:6]}}).json()
+                                                       "run": uuid.uuid4().hex[:6]}})
+    if response.status_code != 201:
+        sys.exit(f"creating the job failed: {response.status_code} {response.text}")
+    job = response.json()
     job_id = job["job_id"]
     print(f"created job {job_id}; the trainer gets only CALLBACK_URL, CALLBACK_TOKEN, JOB_ID")
     events = scripted_trainer(job["callback_url"], job["callback_token"], job_id)

@@ -9,6 +9,7 @@ that outlived a killed honcho.
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -202,6 +203,20 @@ def _wait_for_stack(
     return None
 
 
+def prepare_database(run: RunDir, env: Mapping[str, str]) -> bool:
+    """Create the platform's tables once, before several API and worker processes start."""
+    done = subprocess.run(
+        [sys.executable, "-m", "flask", "--app", "wsgi", "init-db"], cwd=PROJECT_ROOT,
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        say(f"✘ database {env.get('DATABASE_URL', '')}: init-db failed")
+        for line in (done.stdout + done.stderr).splitlines()[-30:]:
+            say(f"    {line}")
+        return False
+    say(f"✔ database tables in {env.get('DATABASE_URL', '')}")
+    return True
+
+
 def up(run: RunDir) -> int:
     pid = honcho_pid(run)
     if pid is not None:
@@ -217,6 +232,8 @@ def up(run: RunDir) -> int:
         say(f"✘ cannot start the stack: {exc}")
         return 1
     write_stack_files(run, plan)
+    if not prepare_database(run, plan.env):
+        return 1
     for name in plan.external:
         say(f"• {name:<7} {display_target(plan.env, name)}  (external, not started)")
     probes = stack_probes(run, plan.env, since=time.time())

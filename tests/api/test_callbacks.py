@@ -192,3 +192,24 @@ def test_callback_for_unknown_job_is_404(api, api_config):
     response = api.client.post("/api/v1/training/jobs/424242/callback/progress", json=PROGRESS,
                                headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 404
+
+
+def test_callbacks_are_accepted_while_the_broker_is_down(api_config, tmp_path):
+    """The outbox keeps the event; the sweeper announces it once the broker is back."""
+    from platform_app import create_app
+    from platform_app.devstack import free_port
+    from tests.conftest import ApiActions
+
+    down = f"redis://127.0.0.1:{free_port()}/0"
+    config = api_config.replace(CELERY_BROKER_URL=down, REDIS_URL=down)
+    app = create_app(config)
+    with app.app_context():
+        db.create_all()
+    api = ApiActions(app.test_client(), config)
+    job = api.create_job()
+    body = api.callback(job, "progress", PROGRESS).get_json()
+    with app.app_context():
+        event = db.session.get(Event, body["event_id"])
+        assert event.state.value == "pending" and event.payload["current_epoch"] == 1
+    ready = api.client.get("/ready")
+    assert ready.status_code == 503 and ready.get_json()["checks"]["broker"] != "ok"
