@@ -7,9 +7,10 @@ one costs an HMAC and no DB round trip; they carry the job id they are scoped to
 from __future__ import annotations
 
 import hmac
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from functools import wraps
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from flask import current_app, request
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
@@ -27,13 +28,14 @@ def _serializer() -> URLSafeTimedSerializer:
 def issue_callback_token(job_id: int) -> tuple[str, datetime]:
     token = _serializer().dumps({"job_id": job_id})
     ttl = current_app.config["CALLBACK_TOKEN_TTL_SECONDS"]
-    return token, datetime.now(timezone.utc) + timedelta(seconds=ttl)
+    return token, datetime.now(UTC) + timedelta(seconds=ttl)
 
 
 def verify_callback_token(token: str, job_id: int) -> None:
     """Raise 401 for a missing, forged or expired token and 403 for another job's."""
     try:
-        claims = _serializer().loads(token, max_age=current_app.config["CALLBACK_TOKEN_TTL_SECONDS"])
+        claims = _serializer().loads(
+            token, max_age=current_app.config["CALLBACK_TOKEN_TTL_SECONDS"])
     except SignatureExpired:
         raise APIError("TOKEN_EXPIRED", "the job token has expired") from None
     except BadSignature:

@@ -85,6 +85,7 @@ class Config:
     OUTBOX_RETRY_BACKOFF_SECONDS: float = 2.0
     OUTBOX_RETRY_BACKOFF_MAX_SECONDS: float = 300.0
     METRICS_BATCH_EVENTS: int = 500
+    PROJECTION_LOCK_TTL_SECONDS: int = 60
     LOG_LEVEL: str = "INFO"
 
     @classmethod
@@ -130,6 +131,8 @@ class Config:
                 env, "OUTBOX_RETRY_BACKOFF_MAX_SECONDS", cls.OUTBOX_RETRY_BACKOFF_MAX_SECONDS
             ),
             METRICS_BATCH_EVENTS=_int(env, "METRICS_BATCH_EVENTS", cls.METRICS_BATCH_EVENTS, 1),
+            PROJECTION_LOCK_TTL_SECONDS=_int(
+                env, "PROJECTION_LOCK_TTL_SECONDS", cls.PROJECTION_LOCK_TTL_SECONDS, 5),
             LOG_LEVEL=_str(env, "LOG_LEVEL", cls.LOG_LEVEL).upper(),
         )
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
@@ -15,14 +15,14 @@ from platform_app.extensions import db
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -37,14 +37,14 @@ class JobStatus(str, enum.Enum):
 TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
-class EventKind(str, enum.Enum):
+class EventKind(enum.StrEnum):
     PROGRESS = "progress"
     LOGS = "logs"
     COMPLETION = "completion"
     VALIDATION = "validation"
 
 
-class EventState(str, enum.Enum):
+class EventState(enum.StrEnum):
     PENDING = "pending"
     PROJECTED = "projected"
     FAILED = "failed"

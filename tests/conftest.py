@@ -54,6 +54,7 @@ def base_config(**overrides: object) -> Config:
         OUTBOX_RETRY_BACKOFF_MAX_SECONDS=2.0,
         OUTBOX_MAX_ATTEMPTS=50,
         MLFLOW_HTTP_REQUEST_TIMEOUT=5,
+        PROJECTION_LOCK_TTL_SECONDS=10,
     )
     settings.update(overrides)
     return Config(**settings)
@@ -152,6 +153,12 @@ class Worker:
                    timeout=60, message="the Celery worker to start")
         if self.process.poll() is not None:
             pytest.fail(f"worker exited:\n{self.log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL, as when a machine or container dies: no warm shutdown, no acks."""
+        os.killpg(self.process.pid, 9)
+        self.process.wait()
+        self.stop()
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -21,6 +21,7 @@ from platform_app.joblog import job_logger
 from platform_app.models import Event, EventState
 from platform_app.services import outbox, projections
 from platform_app.services.errors import SinkRejected, SinkUnavailable
+from platform_app.services.locks import JobBusy
 
 TRANSIENT = (SinkUnavailable, OperationalError)
 PROJECTION = dict(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
@@ -41,6 +42,9 @@ def run_projection(task: Task, event_id: int, project: Callable[[Event], object]
     config = current_app.config
     try:
         project(event)
+    except JobBusy:
+        db.session.rollback()
+        raise task.retry(countdown=random.uniform(0.5, 1.5)) from None
     except TRANSIENT as exc:
         db.session.rollback()
         delay = backoff(event.attempts, config["OUTBOX_RETRY_BACKOFF_SECONDS"],
@@ -53,7 +57,7 @@ def run_projection(task: Task, event_id: int, project: Callable[[Event], object]
             return
         logger.warning("event %s attempt %d failed, retrying in %.1f s: %s",
                        event_id, attempts, delay, exc)
-        raise task.retry(countdown=delay, exc=exc)
+        raise task.retry(countdown=delay, exc=exc) from exc
     except SinkRejected as exc:
         db.session.rollback()
         outbox.record_failure(event_id, str(exc), retryable=False, max_attempts=1,

@@ -9,7 +9,6 @@ from flask_smorest import Blueprint as _Blueprint
 from webargs import core
 from webargs.flaskparser import FlaskParser
 
-
 URL_PREFIX = "/api/v1"
 
 

@@ -23,9 +23,15 @@ bp = Blueprint("callbacks", __name__, url_prefix=f"{URL_PREFIX}/training",
                description="Trainer callbacks (Authorization: Bearer <job token>)")
 
 
+MAX_IDEMPOTENCY_KEY = 255
+
+
 def accept(job_id: int, kind: EventKind, payload: dict, apply_to_job=None):
-    accepted = outbox.accept(job_id, kind, payload, request.headers.get("Idempotency-Key"),
-                             apply_to_job)
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
+        raise APIError.validation("Idempotency-Key",
+                                  f"must be at most {MAX_IDEMPOTENCY_KEY} characters")
+    accepted = outbox.accept(job_id, kind, payload, key, apply_to_job)
     return accepted.body, 202, {"Idempotent-Replayed": str(accepted.replayed).lower()}
 
 

@@ -13,8 +13,13 @@ from platform_app.errors import APIError
 from platform_app.extensions import db
 from platform_app.models import Event, EventKind, Job, JobStatus, LogLine
 from platform_app.schemas import (
-    CreatedJobSchema, CursorArgsSchema, JobCreateSchema, JobListArgsSchema, JobSchema,
-    LogLineSchema)
+    CreatedJobSchema,
+    CursorArgsSchema,
+    JobCreateSchema,
+    JobListArgsSchema,
+    JobSchema,
+    LogLineSchema,
+)
 
 bp = Blueprint("jobs", __name__, url_prefix=f"{URL_PREFIX}/training",
                description="Training jobs (operator API key)")

@@ -13,8 +13,12 @@ from platform_app.errors import APIError
 from platform_app.extensions import db
 from platform_app.models import EventKind, ValidationImageResult, ValidationResult
 from platform_app.schemas import (
-    AcceptedSchema, ImageFilterArgsSchema, ImageResultOutSchema, ValidationCallbackSchema,
-    ValidationResultSchema)
+    AcceptedSchema,
+    ImageFilterArgsSchema,
+    ImageResultOutSchema,
+    ValidationCallbackSchema,
+    ValidationResultSchema,
+)
 
 bp = Blueprint("validation", __name__, url_prefix=f"{URL_PREFIX}/validation",
                description="Validation results")

@@ -1,12 +1,14 @@
 """Short Redis locks that keep two workers from projecting the same job at once.
 
-Not needed for correctness (projections are idempotent) but for efficiency: the second
-worker waits, then finds the events that piled up meanwhile and writes them in one batch.
+Not needed for correctness (projections are idempotent) but for efficiency: while one worker
+writes a job's batch, the events that pile up go out in its next round instead of in
+parallel small batches. A worker that dies holding a lock blocks that job for at most the
+lock's TTL; the holder renews it after every round.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -15,8 +17,11 @@ from flask import current_app
 
 from platform_app.services.errors import SinkUnavailable
 
-LOCK_TTL_S = 120  # a worker that dies holding the lock blocks the job this long at most
-WAIT_S = 60
+WAIT_S = 2.0  # a short wait lets a second task join the holder's next round
+
+
+class JobBusy(Exception):
+    """Another worker is projecting this job: try again shortly (not a failure)."""
 
 
 @lru_cache(maxsize=4)
@@ -25,18 +30,27 @@ def _client(url: str) -> redis.Redis:
 
 
 @contextmanager
-def job_lock(purpose: str, job_id: int) -> Iterator[None]:
+def job_lock(purpose: str, job_id: int) -> Iterator[Callable[[], None]]:
+    """Hold the job's lock; yields `renew()`, to call between rounds of work."""
     client = _client(current_app.config["REDIS_URL"])
-    lock = client.lock(f"platform:lock:{purpose}:{job_id}", timeout=LOCK_TTL_S,
+    lock = client.lock(f"platform:lock:{purpose}:{job_id}",
+                       timeout=current_app.config["PROJECTION_LOCK_TTL_SECONDS"],
                        blocking_timeout=WAIT_S)
     try:
         acquired = lock.acquire()
     except redis.RedisError as exc:
         raise SinkUnavailable(f"Redis unavailable for the job lock: {exc}") from exc
     if not acquired:
-        raise SinkUnavailable(f"job {job_id} is still locked by another worker")
+        raise JobBusy(f"job {job_id} is being projected by another worker")
+
+    def renew() -> None:
+        try:
+            lock.reacquire()
+        except redis.exceptions.LockError:
+            raise JobBusy(f"job {job_id}: the lock expired mid-projection") from None
+
     try:
-        yield
+        yield renew
     finally:
         try:
             lock.release()

@@ -10,8 +10,15 @@ from flask import current_app
 from platform_app.extensions import db
 from platform_app.joblog import job_logger
 from platform_app.models import (
-    Event, EventKind, EventState, Job, LogLine, ValidationImageResult, ValidationResult,
-    utcnow)
+    Event,
+    EventKind,
+    EventState,
+    Job,
+    LogLine,
+    ValidationImageResult,
+    ValidationResult,
+    utcnow,
+)
 from platform_app.schemas import metric_float
 from platform_app.services import locks
 from platform_app.services.errors import SinkRejected
@@ -97,7 +104,7 @@ def project_job_metrics(job_id: int, tracking: TrackingService) -> int:
     logger = job_logger(__name__, job_id)
     batch_size = current_app.config["METRICS_BATCH_EVENTS"]
     projected = 0
-    with locks.job_lock("metrics", job_id):
+    with locks.job_lock("metrics", job_id) as renew_lock:
         job = db.session.get(Job, job_id)
         run_id = _ensure_run(job, tracking)
         while True:
@@ -120,6 +127,7 @@ def project_job_metrics(job_id: int, tracking: TrackingService) -> int:
             claim([e.id for e in events])
             db.session.commit()
             projected += len(events)
+            renew_lock()
             logger.info("projected %d events into MLflow run %s in %d requests",
                         len(events), run_id, requests)
     return projected

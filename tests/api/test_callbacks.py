@@ -85,7 +85,8 @@ def test_nan_and_infinity_are_kept_as_tokens(api):
 def test_missing_forged_and_expired_tokens_are_401(api, api_config, monkeypatch):
     job = api.create_job()
     url = f"/api/v1/training/jobs/{job['job_id']}/callback/progress"
-    forged_token = job["callback_token"][:-4] + ("AAAA" if not job["callback_token"].endswith("AAAA") else "BBBB")
+    token = job["callback_token"]
+    forged_token = token[:-4] + ("BBBB" if token.endswith("AAAA") else "AAAA")
     signer = URLSafeTimedSerializer(api_config.SECRET_KEY, salt=CALLBACK_SALT)
     with monkeypatch.context() as patched:
         issued_long_ago = int(time.time()) - api_config.CALLBACK_TOKEN_TTL_SECONDS - 10
@@ -133,6 +134,12 @@ def test_reused_key_with_another_body_is_refused(api, api_app):
                             expect=422)
     assert response.get_json()["error_code"] == "IDEMPOTENCY_KEY_REUSED"
     assert count_events(api_app, job["job_id"]) == 1
+
+
+def test_overlong_idempotency_key_is_named(api):
+    job = api.create_job()
+    response = api.callback(job, "progress", PROGRESS, key="k" * 256, expect=422)
+    assert "Idempotency-Key" in response.get_json()["details"]
 
 
 def test_same_key_on_two_jobs_is_two_events(api, api_app):

@@ -7,8 +7,6 @@ import math
 
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import wait_until
-
 ULTRALYTICS_EPOCH = {
     "train/box_loss": 1.91, "train/cls_loss": 3.2, "train/dfl_loss": 1.4,
     "metrics/precision(B)": 0.11, "metrics/recall(B)": 0.2, "metrics/mAP50(B)": 0.05,
@@ -24,16 +22,16 @@ def history(stack, run_id: str, key: str) -> list:
 def test_training_job_lands_in_mlflow_and_the_db(stack):
     api = stack.actions
     job = api.create_job(epochs=3, params={"imgsz": 128, "lr0": 0.01})
-    events = []
-    for epoch in (1, 2, 3):
-        metrics = {k: v / epoch for k, v in ULTRALYTICS_EPOCH.items()}
-        events.append(api.callback(job, "progress", {"current_epoch": epoch, "total_epochs": 3,
-                                                     "metrics": metrics}).get_json()["event_id"])
-    events.append(api.callback(job, "logs", {"log_type": "stdout",
-                                             "lines": ["epoch 1", "epoch 2"]}).get_json()["event_id"])
-    events.append(api.callback(job, "completion", {
-        "status": "completed", "final_metrics": {"metrics/mAP50-95(B)": 0.03},
-        "best_checkpoint_path": "s3://training/jobs/1/best.pt"}).get_json()["event_id"])
+    def send(kind: str, body: dict) -> int:
+        return api.callback(job, kind, body).get_json()["event_id"]
+
+    events = [send("progress", {"current_epoch": epoch, "total_epochs": 3,
+                                "metrics": {k: v / epoch for k, v in ULTRALYTICS_EPOCH.items()}})
+              for epoch in (1, 2, 3)]
+    events.append(send("logs", {"log_type": "stdout", "lines": ["epoch 1", "epoch 2"]}))
+    events.append(send("completion", {"status": "completed",
+                                      "final_metrics": {"metrics/mAP50-95(B)": 0.03},
+                                      "best_checkpoint_path": "s3://training/jobs/1/best.pt"}))
     stack.wait_projected(events)
 
     state = api.job(job["job_id"])

@@ -28,6 +28,27 @@ def test_mlflow_outage_delays_but_loses_nothing(stack):
     assert sorted(p.step for p in points) == [1, 2, 3, 4, 5, 6]
 
 
+def test_killed_worker_loses_nothing(stack):
+    """Events that a worker held (retrying while MLflow is down) when it was SIGKILLed are
+    projected by the next worker, exactly once."""
+    api = stack.actions
+    job = api.create_job()
+    stack.mlflow.stop()
+    try:
+        ids = [api.callback(job, "progress", {"current_epoch": e, "metrics": {"loss": e}})
+               .get_json()["event_id"] for e in range(1, 4)]
+        wait_until(lambda: stack.event(ids[0])["attempts"] >= 1, timeout=30,
+                   message="a failed attempt while MLflow is down")
+        stack.worker.kill()
+    finally:
+        stack.mlflow.start()
+        stack.worker.start()
+    stack.wait_projected(ids, timeout=90)
+    run_id = api.job(job["job_id"])["mlflow_run_id"]
+    points = MlflowClient(stack.mlflow.uri).get_metric_history(run_id, "loss")
+    assert sorted(p.step for p in points) == [1, 2, 3]
+
+
 def test_broker_flush_is_recovered_by_the_sweeper(stack):
     api = stack.actions
     job = api.create_job()
