@@ -10,6 +10,7 @@ from flask import Flask
 from platform_app.config import Config
 from platform_app.errors import register_error_handlers
 from platform_app.extensions import celery_init_app, db, rest_api
+from platform_app.services.storage import ObjectStore
 from platform_app.services.tracking import TrackingService
 
 
@@ -21,8 +22,8 @@ def create_app(config: Config | None = None) -> Flask:
 
     db.init_app(app)
     rest_api.init_app(app)
-    from platform_app.api import callbacks, events, jobs, validation
-    for module in (jobs, callbacks, validation, events):
+    from platform_app.api import callbacks, events, jobs, uploads, validation
+    for module in (jobs, callbacks, uploads, validation, events):
         rest_api.register_blueprint(module.bp)
     from platform_app import health
     app.register_blueprint(health.bp)
@@ -32,7 +33,11 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["tracking"] = TrackingService(
         app.config["MLFLOW_TRACKING_URI"], app.config["MLFLOW_HTTP_REQUEST_TIMEOUT"],
         app.config["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
-    app.cli.add_command(init_db_command)
+    app.extensions["storage"] = ObjectStore(
+        app.config["S3_ENDPOINT_URL"], app.config["S3_ACCESS_KEY"], app.config["S3_SECRET_KEY"],
+        app.config["S3_BUCKET"], app.config["S3_REGION"],
+        app.config["S3_PUBLIC_ENDPOINT_URL"] or None)
+    app.cli.add_command(init_command)
     return app
 
 
@@ -43,12 +48,19 @@ def _configure_logging(app: Flask) -> None:
             format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
-def init_db() -> None:
-    """Create missing tables. (Schema changes will need migrations; see README.)"""
-    db.create_all()
+def init_platform(app: Flask) -> list[str]:
+    """Create what the platform needs and is missing: tables and the bucket. Run once
+    before starting several processes. (Schema changes will need migrations; see README.)"""
+    with app.app_context():
+        db.create_all()
+        created = app.extensions["storage"].ensure_bucket()
+    bucket = app.config["S3_BUCKET"]
+    return ["database tables are in place",
+            f"bucket {bucket} {'created' if created else 'exists'}"]
 
 
-@click.command("init-db")
-def init_db_command() -> None:
-    init_db()
-    click.echo("database tables are in place")
+@click.command("init")
+def init_command() -> None:
+    from flask import current_app
+    for line in init_platform(current_app._get_current_object()):
+        click.echo(line)

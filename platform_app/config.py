@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -18,34 +18,18 @@ class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
 
 
-def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
+_PARSERS = {"int": int, "float": float, "str": str}
+
+
+def _parse(name: str, raw: str, type_name: str, minimum: float | None) -> object:
     try:
-        value = int(raw)
+        value = _PARSERS[type_name](raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
+        kind = "a whole number" if type_name == "int" else "a number"
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
+    if minimum is not None and value < minimum:
         raise ConfigError(f"{name} must be >= {minimum}, got {value}")
     return value
-
-
-def _float(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if value < 0:
-        raise ConfigError(f"{name} must be >= 0, got {value}")
-    return value
-
-
-def _str(environ: Mapping[str, str], name: str, default: str) -> str:
-    return environ.get(name) or default
 
 
 def _secret(environ: Mapping[str, str], name: str) -> str:
@@ -58,83 +42,69 @@ def _secret(environ: Mapping[str, str], name: str) -> str:
     return value
 
 
+def setting(default: object, minimum: float | None = None) -> object:
+    """A field with a default and, for numbers, the smallest value that makes sense."""
+    return field(default=default, metadata={"minimum": minimum})
+
+
+SECRETS = ("SECRET_KEY", "OPERATOR_API_KEY")
+
+
 @dataclass(frozen=True)
 class Config:
-    """Typed settings. Field names are the environment variable names."""
+    """Typed settings. Field names are the environment variable names; the README's
+    configuration table lists them with their meaning."""
 
     SECRET_KEY: str
     OPERATOR_API_KEY: str
     PLATFORM_DATA_DIR: str = ".run"
-    DATABASE_URL: str = ""
+    DATABASE_URL: str = ""  # default: SQLite in PLATFORM_DATA_DIR
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
-    CELERY_BROKER_URL: str = ""
+    CELERY_BROKER_URL: str = ""  # default: REDIS_URL
     MLFLOW_TRACKING_URI: str = "http://127.0.0.1:5000"
-    MLFLOW_HTTP_REQUEST_TIMEOUT: int = 10
-    MLFLOW_HTTP_REQUEST_MAX_RETRIES: int = 0
+    MLFLOW_HTTP_REQUEST_TIMEOUT: int = setting(10, minimum=1)
+    MLFLOW_HTTP_REQUEST_MAX_RETRIES: int = setting(0, minimum=0)
     S3_ENDPOINT_URL: str = "http://127.0.0.1:8333"
     S3_ACCESS_KEY: str = ""
     S3_SECRET_KEY: str = ""
     S3_BUCKET: str = "training"
     S3_REGION: str = "us-east-1"
-    PUBLIC_BASE_URL: str = ""
-    CALLBACK_TOKEN_TTL_SECONDS: int = 7 * 24 * 3600
-    MAX_CONTENT_LENGTH: int = 8 * 1024 * 1024
-    OUTBOX_SWEEP_INTERVAL_SECONDS: float = 30.0
-    OUTBOX_STALE_AFTER_SECONDS: float = 120.0
-    OUTBOX_MAX_ATTEMPTS: int = 10
-    OUTBOX_RETRY_BACKOFF_SECONDS: float = 2.0
-    OUTBOX_RETRY_BACKOFF_MAX_SECONDS: float = 300.0
-    METRICS_BATCH_EVENTS: int = 500
-    PROJECTION_LOCK_TTL_SECONDS: int = 60
+    S3_PUBLIC_ENDPOINT_URL: str = ""  # default: S3_ENDPOINT_URL
+    UPLOAD_URL_EXPIRY_SECONDS: int = setting(3600, minimum=1)
+    DOWNLOAD_URL_EXPIRY_SECONDS: int = setting(3600, minimum=1)
+    MULTIPART_THRESHOLD_BYTES: int = setting(64 * 1024 ** 2, minimum=5 * 1024 ** 2)
+    MULTIPART_PART_SIZE_BYTES: int = setting(16 * 1024 ** 2, minimum=5 * 1024 ** 2)
+    MAX_UPLOAD_BYTES: int = setting(100 * 1024 ** 3, minimum=1)
+    PUBLIC_BASE_URL: str = ""  # default: the host the request came to
+    CALLBACK_TOKEN_TTL_SECONDS: int = setting(7 * 24 * 3600, minimum=60)
+    MAX_CONTENT_LENGTH: int = setting(8 * 1024 * 1024, minimum=1024)
+    OUTBOX_SWEEP_INTERVAL_SECONDS: float = setting(30.0, minimum=0.1)
+    OUTBOX_STALE_AFTER_SECONDS: float = setting(120.0, minimum=0)
+    OUTBOX_MAX_ATTEMPTS: int = setting(10, minimum=1)
+    OUTBOX_RETRY_BACKOFF_SECONDS: float = setting(2.0, minimum=0)
+    OUTBOX_RETRY_BACKOFF_MAX_SECONDS: float = setting(300.0, minimum=0)
+    METRICS_BATCH_EVENTS: int = setting(500, minimum=1)
+    PROJECTION_LOCK_TTL_SECONDS: int = setting(60, minimum=5)
     LOG_LEVEL: str = "INFO"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
         env = os.environ if environ is None else environ
-        data_dir = str(Path(_str(env, "PLATFORM_DATA_DIR", ".run")).resolve())
-        redis_url = _str(env, "REDIS_URL", cls.REDIS_URL)
-        return cls(
-            SECRET_KEY=_secret(env, "SECRET_KEY"),
-            OPERATOR_API_KEY=_secret(env, "OPERATOR_API_KEY"),
+        values: dict[str, object] = {name: _secret(env, name) for name in SECRETS}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.name)
+            if f.name not in SECRETS and raw not in (None, ""):
+                values[f.name] = _parse(f.name, raw, f.type, f.metadata.get("minimum"))
+        data_dir = str(Path(str(values.get("PLATFORM_DATA_DIR", cls.PLATFORM_DATA_DIR))).resolve())
+        redis_url = values.get("REDIS_URL", cls.REDIS_URL)
+        values.update(
             PLATFORM_DATA_DIR=data_dir,
-            DATABASE_URL=_str(env, "DATABASE_URL", f"sqlite:///{data_dir}/platform.db"),
-            REDIS_URL=redis_url,
-            CELERY_BROKER_URL=_str(env, "CELERY_BROKER_URL", redis_url),
-            MLFLOW_TRACKING_URI=_str(env, "MLFLOW_TRACKING_URI", cls.MLFLOW_TRACKING_URI),
-            MLFLOW_HTTP_REQUEST_TIMEOUT=_int(
-                env, "MLFLOW_HTTP_REQUEST_TIMEOUT", cls.MLFLOW_HTTP_REQUEST_TIMEOUT, 1
-            ),
-            MLFLOW_HTTP_REQUEST_MAX_RETRIES=_int(
-                env, "MLFLOW_HTTP_REQUEST_MAX_RETRIES", cls.MLFLOW_HTTP_REQUEST_MAX_RETRIES
-            ),
-            S3_ENDPOINT_URL=_str(env, "S3_ENDPOINT_URL", cls.S3_ENDPOINT_URL),
-            S3_ACCESS_KEY=_str(env, "S3_ACCESS_KEY", ""),
-            S3_SECRET_KEY=_str(env, "S3_SECRET_KEY", ""),
-            S3_BUCKET=_str(env, "S3_BUCKET", cls.S3_BUCKET),
-            S3_REGION=_str(env, "S3_REGION", cls.S3_REGION),
-            PUBLIC_BASE_URL=_str(env, "PUBLIC_BASE_URL", "").rstrip("/"),
-            CALLBACK_TOKEN_TTL_SECONDS=_int(
-                env, "CALLBACK_TOKEN_TTL_SECONDS", cls.CALLBACK_TOKEN_TTL_SECONDS, 60
-            ),
-            MAX_CONTENT_LENGTH=_int(env, "MAX_CONTENT_LENGTH", cls.MAX_CONTENT_LENGTH, 1024),
-            OUTBOX_SWEEP_INTERVAL_SECONDS=_float(
-                env, "OUTBOX_SWEEP_INTERVAL_SECONDS", cls.OUTBOX_SWEEP_INTERVAL_SECONDS
-            ),
-            OUTBOX_STALE_AFTER_SECONDS=_float(
-                env, "OUTBOX_STALE_AFTER_SECONDS", cls.OUTBOX_STALE_AFTER_SECONDS
-            ),
-            OUTBOX_MAX_ATTEMPTS=_int(env, "OUTBOX_MAX_ATTEMPTS", cls.OUTBOX_MAX_ATTEMPTS, 1),
-            OUTBOX_RETRY_BACKOFF_SECONDS=_float(
-                env, "OUTBOX_RETRY_BACKOFF_SECONDS", cls.OUTBOX_RETRY_BACKOFF_SECONDS
-            ),
-            OUTBOX_RETRY_BACKOFF_MAX_SECONDS=_float(
-                env, "OUTBOX_RETRY_BACKOFF_MAX_SECONDS", cls.OUTBOX_RETRY_BACKOFF_MAX_SECONDS
-            ),
-            METRICS_BATCH_EVENTS=_int(env, "METRICS_BATCH_EVENTS", cls.METRICS_BATCH_EVENTS, 1),
-            PROJECTION_LOCK_TTL_SECONDS=_int(
-                env, "PROJECTION_LOCK_TTL_SECONDS", cls.PROJECTION_LOCK_TTL_SECONDS, 5),
-            LOG_LEVEL=_str(env, "LOG_LEVEL", cls.LOG_LEVEL).upper(),
+            DATABASE_URL=values.get("DATABASE_URL") or f"sqlite:///{data_dir}/platform.db",
+            CELERY_BROKER_URL=values.get("CELERY_BROKER_URL") or redis_url,
+            PUBLIC_BASE_URL=str(values.get("PUBLIC_BASE_URL", "")).rstrip("/"),
+            LOG_LEVEL=str(values.get("LOG_LEVEL", cls.LOG_LEVEL)).upper(),
         )
+        return cls(**values)
 
     def as_environ(self) -> dict[str, str]:
         """The environment that reproduces this config in another process (a worker)."""

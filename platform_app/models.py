@@ -42,6 +42,7 @@ class EventKind(enum.StrEnum):
     LOGS = "logs"
     COMPLETION = "completion"
     VALIDATION = "validation"
+    UPLOAD = "upload"
 
 
 class EventState(enum.StrEnum):
@@ -76,6 +77,7 @@ class Job(db.Model):
     error_message: so.Mapped[str | None] = so.mapped_column(sa.Text)
     mlflow_experiment_id: so.Mapped[str | None] = so.mapped_column(sa.String(64))
     mlflow_run_id: so.Mapped[str | None] = so.mapped_column(sa.String(64))
+    dataset_uri: so.Mapped[str | None] = so.mapped_column(sa.String(1024))
     created_at: so.Mapped[datetime] = so.mapped_column(sa.DateTime(timezone=True),
                                                        default=utcnow)
     started_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
@@ -171,3 +173,54 @@ class ValidationImageResult(db.Model):
     confidence: so.Mapped[float | None]
     is_correct: so.Mapped[bool | None]
     detections: so.Mapped[list | None] = so.mapped_column(sa.JSON)
+
+
+class UploadPurpose(enum.StrEnum):
+    CHECKPOINT = "checkpoint"
+    ARTIFACT = "artifact"
+
+
+class UploadStatus(enum.StrEnum):
+    PENDING = "pending"
+    VERIFIED = "verified"
+    REJECTED = "rejected"
+    ABANDONED = "abandoned"
+
+
+class Upload(db.Model):
+    """An object a trainer uploads through presigned URLs: a checkpoint or an artifact.
+
+    The key is built by the server (`jobs/{job_id}/{purpose}s/{type or kind}/{upload_id}/
+    {filename}`), unique per upload so that rejecting one never touches another, and the
+    same on every retry of this upload.
+    """
+
+    __tablename__ = "uploads"
+    __table_args__ = (sa.Index("ix_uploads_job_purpose", "job_id", "purpose"),
+                      sa.Index("ix_uploads_status_expires", "status", "expires_at"))
+
+    id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    upload_id: so.Mapped[str] = so.mapped_column(sa.String(32), unique=True)
+    job_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    purpose: so.Mapped[UploadPurpose] = so.mapped_column(_enum(UploadPurpose))
+    checkpoint_type: so.Mapped[str | None] = so.mapped_column(sa.String(16))
+    kind: so.Mapped[str | None] = so.mapped_column(sa.String(32))
+    epoch: so.Mapped[int | None]
+    filename: so.Mapped[str] = so.mapped_column(sa.String(128))
+    content_type: so.Mapped[str] = so.mapped_column(sa.String(128))
+    key: so.Mapped[str] = so.mapped_column(sa.String(1024))
+    size: so.Mapped[int] = so.mapped_column(sa.BigInteger)
+    declared_sha256: so.Mapped[str | None] = so.mapped_column(sa.String(64))
+    sha256: so.Mapped[str | None] = so.mapped_column(sa.String(64))
+    s3_upload_id: so.Mapped[str | None] = so.mapped_column(sa.String(1024))
+    part_size: so.Mapped[int | None] = so.mapped_column(sa.BigInteger)
+    status: so.Mapped[UploadStatus] = so.mapped_column(_enum(UploadStatus),
+                                                       default=UploadStatus.PENDING)
+    reason: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    etag: so.Mapped[str | None] = so.mapped_column(sa.String(128))
+    metrics: so.Mapped[dict | None] = so.mapped_column(sa.JSON)
+    complete_event_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("events.id"))
+    created_at: so.Mapped[datetime] = so.mapped_column(sa.DateTime(timezone=True),
+                                                       default=utcnow)
+    expires_at: so.Mapped[datetime] = so.mapped_column(sa.DateTime(timezone=True))
+    verified_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))

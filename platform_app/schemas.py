@@ -13,7 +13,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from platform_app.models import EventKind, EventState, JobStatus
+from platform_app.models import EventKind, EventState, JobStatus, UploadPurpose, UploadStatus
 
 NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 TASK_TYPES = ("detection", "segmentation", "classification", "pose", "obb")
@@ -70,6 +70,8 @@ class JobCreateSchema(Schema):
     tags = fields.Dict(keys=fields.String(validate=validate.Length(min=1, max=250)),
                        values=fields.String(validate=validate.Length(max=5000)),
                        validate=validate.Length(max=100), load_default=dict)
+    dataset_uri = fields.String(validate=validate.Regexp(r"^s3://[^/]+/.+", error=(
+        "must be an s3://bucket/key URI")), allow_none=True)
 
 
 class JobSchema(Schema):
@@ -90,6 +92,7 @@ class JobSchema(Schema):
     error_message = fields.String()
     mlflow_experiment_id = fields.String()
     mlflow_run_id = fields.String()
+    dataset_uri = fields.String()
     created_at = fields.DateTime()
     started_at = fields.DateTime()
     finished_at = fields.DateTime()
@@ -232,6 +235,7 @@ class ValidationResultSchema(Schema):
     metrics = fields.Dict()
     class_names = fields.List(fields.String())
     visualization_urls = fields.Dict()
+    visualization_download_urls = fields.Dict()
     confusion_matrix = fields.Raw()
     image_count = fields.Integer()
     created_at = fields.DateTime()
@@ -245,3 +249,66 @@ class ImageResultOutSchema(Schema):
     confidence = fields.Float()
     is_correct = fields.Boolean()
     detections = fields.Raw()
+
+
+FILENAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+                           error="must be a plain file name: letters, digits, '.', '_', '-'")
+SHA256 = validate.Regexp(r"^[0-9a-f]{64}$", error="must be a lowercase hex SHA-256")
+CHECKPOINT_TYPES = ("best", "last", "epoch")
+
+
+class UploadRequestSchema(Schema):
+    filename = fields.String(required=True, validate=FILENAME)
+    size = fields.Integer(required=True, strict=True, validate=validate.Range(min=1))
+    sha256 = fields.String(validate=SHA256, allow_none=True)
+    content_type = fields.String(load_default="application/octet-stream",
+                                 validate=validate.Regexp(r"^[\w.+-]+/[\w.+-]+$",
+                                                          error="must be a MIME type"))
+
+
+class CheckpointUploadRequestSchema(UploadRequestSchema):
+    checkpoint_type = fields.String(required=True, validate=validate.OneOf(CHECKPOINT_TYPES))
+    epoch = fields.Integer(strict=True, validate=validate.Range(min=0), allow_none=True)
+
+    @validates_schema
+    def _epoch_checkpoints_name_their_epoch(self, data: dict, **kwargs: Any) -> None:
+        if data.get("checkpoint_type") == "epoch" and data.get("epoch") is None:
+            raise ValidationError("is required for an 'epoch' checkpoint", "epoch")
+
+
+class ArtifactUploadRequestSchema(UploadRequestSchema):
+    kind = fields.String(required=True, validate=validate.Regexp(
+        r"^[a-z][a-z0-9_]{0,31}$", error="must be a short lowercase name"))
+
+
+class PartSchema(Schema):
+    part_number = fields.Integer(required=True, strict=True,
+                                 validate=validate.Range(min=1, max=10_000))
+    etag = fields.String(required=True, validate=validate.Length(min=1, max=128))
+
+
+class UploadCompleteSchema(Schema):
+    upload_id = fields.String(required=True, validate=validate.Length(min=1, max=32))
+    sha256 = fields.String(required=True, validate=SHA256)
+    parts = fields.List(fields.Nested(PartSchema), validate=validate.Length(min=1, max=10_000))
+    metrics = metrics_field()
+
+
+class UploadSchema(Schema):
+    upload_id = fields.String()
+    purpose = fields.Enum(UploadPurpose, by_value=True)
+    checkpoint_type = fields.String()
+    kind = fields.String()
+    epoch = fields.Integer()
+    filename = fields.String()
+    content_type = fields.String()
+    s3_uri = fields.String()
+    size = fields.Integer()
+    sha256 = fields.String()
+    etag = fields.String()
+    status = fields.Enum(UploadStatus, by_value=True)
+    reason = fields.String()
+    metrics = fields.Dict()
+    created_at = fields.DateTime()
+    verified_at = fields.DateTime()
+    download_url = fields.String()

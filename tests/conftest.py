@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from platform_app import create_app
+from platform_app import create_app, init_platform
 from platform_app.config import Config
 from platform_app.extensions import db
 
@@ -208,8 +208,7 @@ def stack(request, tmp_path_factory, redis_url, s3_settings, mlflow_server) -> I
         S3_ACCESS_KEY=s3_settings.access_key, S3_SECRET_KEY=s3_settings.secret_key,
         S3_BUCKET=s3_settings.bucket, PLATFORM_DATA_DIR=str(workdir))
     app = create_app(config)
-    with app.app_context():
-        db.create_all()
+    init_platform(app)
     env = {**os.environ, **config.as_environ(), "PYTHONUNBUFFERED": "1"}
     worker = Worker(env=env, log_path=workdir / "worker.log")
     worker.start()

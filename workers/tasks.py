@@ -9,6 +9,7 @@ the event row, not in a result backend.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable
 
@@ -19,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from platform_app.extensions import db
 from platform_app.joblog import job_logger
 from platform_app.models import Event, EventState
-from platform_app.services import outbox, projections
+from platform_app.services import outbox, projections, uploads
 from platform_app.services.errors import SinkRejected, SinkUnavailable
 from platform_app.services.locks import JobBusy
 
@@ -83,7 +84,21 @@ def project_validation(self: Task, event_id: int) -> None:
     run_projection(self, event_id, projections.project_validation)
 
 
+@shared_task(name="uploads.finalize", **PROJECTION)
+def finalize_upload(self: Task, event_id: int) -> None:
+    """Complete, verify and record an uploaded checkpoint or artifact."""
+    store, tracking = current_app.extensions["storage"], current_app.extensions["tracking"]
+    run_projection(self, event_id, lambda event: uploads.finalize(event, store, tracking))
+
+
 @shared_task(name="outbox.sweep", ignore_result=True)
 def sweep_outbox() -> int:
-    """Beat-scheduled: re-announce events whose message was lost."""
-    return outbox.sweep(current_app.config["OUTBOX_STALE_AFTER_SECONDS"])
+    """Beat-scheduled: re-announce events whose message was lost, and clean up uploads
+    whose URLs expired unused."""
+    swept = outbox.sweep(current_app.config["OUTBOX_STALE_AFTER_SECONDS"])
+    try:
+        uploads.abandon_expired()
+    except SinkUnavailable as exc:
+        db.session.rollback()
+        logging.getLogger(__name__).warning("expired uploads not cleaned up yet: %s", exc)
+    return swept

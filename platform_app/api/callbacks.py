@@ -15,7 +15,7 @@ from flask import request
 from platform_app.api import URL_PREFIX, Blueprint
 from platform_app.auth import require_job_token
 from platform_app.errors import APIError
-from platform_app.models import EventKind, Job, JobStatus, utcnow
+from platform_app.models import Event, EventKind, Job, JobStatus, utcnow
 from platform_app.schemas import AcceptedSchema, CompletionSchema, LogsSchema, ProgressSchema
 from platform_app.services import outbox
 
@@ -26,12 +26,12 @@ bp = Blueprint("callbacks", __name__, url_prefix=f"{URL_PREFIX}/training",
 MAX_IDEMPOTENCY_KEY = 255
 
 
-def accept(job_id: int, kind: EventKind, payload: dict, apply_to_job=None):
+def accept(job_id: int, kind: EventKind, payload: dict, apply=None):
     key = request.headers.get("Idempotency-Key") or None
     if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
         raise APIError.validation("Idempotency-Key",
                                   f"must be at most {MAX_IDEMPOTENCY_KEY} characters")
-    accepted = outbox.accept(job_id, kind, payload, key, apply_to_job)
+    accepted = outbox.accept(job_id, kind, payload, key, apply)
     return accepted.body, 202, {"Idempotent-Replayed": str(accepted.replayed).lower()}
 
 
@@ -41,7 +41,8 @@ def refuse_if_finished(job: Job) -> None:
                        {"job_id": job.id, "status": job.status.value})
 
 
-def apply_progress(job: Job, payload: dict) -> None:
+def apply_progress(job: Job, event: Event) -> None:
+    payload = event.payload
     refuse_if_finished(job)
     if job.status == JobStatus.PENDING:
         job.status = JobStatus.RUNNING
@@ -56,7 +57,8 @@ def apply_progress(job: Job, payload: dict) -> None:
             setattr(job, field, payload[field])
 
 
-def apply_completion(job: Job, payload: dict) -> None:
+def apply_completion(job: Job, event: Event) -> None:
+    payload = event.payload
     refuse_if_finished(job)
     job.status = JobStatus(payload["status"])
     job.finished_at = utcnow()

@@ -20,6 +20,7 @@ from platform_app.schemas import (
     JobSchema,
     LogLineSchema,
 )
+from platform_app.services import uploads
 
 bp = Blueprint("jobs", __name__, url_prefix=f"{URL_PREFIX}/training",
                description="Training jobs (operator API key)")
@@ -47,6 +48,8 @@ def callback_url() -> str:
 @bp.arguments(JobCreateSchema)
 @bp.response(201, CreatedJobSchema)
 def create_job(data: dict):
+    if data.get("dataset_uri"):
+        uploads.check_dataset(data["dataset_uri"])
     job = Job(**data, status=JobStatus.PENDING, latest_metrics={})
     db.session.add(job)
     db.session.commit()

@@ -19,6 +19,7 @@ from platform_app.schemas import (
     ValidationCallbackSchema,
     ValidationResultSchema,
 )
+from platform_app.services import uploads
 
 bp = Blueprint("validation", __name__, url_prefix=f"{URL_PREFIX}/validation",
                description="Validation results")
@@ -71,7 +72,12 @@ def get_result(job_id: int, epoch: int) -> ValidationResult:
 @bp.route("/jobs/<int:job_id>/results/<int:epoch>", methods=["GET"])
 @require_operator
 def read_result(job_id: int, epoch: int):
-    return result_schema.dump(get_result(job_id, epoch))
+    """With presigned GET URLs for the plots the trainer uploaded."""
+    result = get_result(job_id, epoch)
+    body = result_schema.dump(result)
+    body["visualization_download_urls"] = uploads.download_urls(job_id,
+                                                                result.visualization_urls)
+    return body
 
 
 @bp.route("/jobs/<int:job_id>/results/<int:epoch>/images", methods=["GET"])

@@ -204,16 +204,17 @@ def _wait_for_stack(
 
 
 def prepare_database(run: RunDir, env: Mapping[str, str]) -> bool:
-    """Create the platform's tables once, before several API and worker processes start."""
+    """Create the platform's tables and bucket once, before several API and worker
+    processes start."""
     done = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "init-db"], cwd=PROJECT_ROOT,
+        [sys.executable, "-m", "flask", "--app", "wsgi", "init"], cwd=PROJECT_ROOT,
         env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
-        say(f"✘ database {env.get('DATABASE_URL', '')}: init-db failed")
+        say("✘ init: creating tables and bucket failed")
         for line in (done.stdout + done.stderr).splitlines()[-30:]:
             say(f"    {line}")
         return False
-    say(f"✔ database tables in {env.get('DATABASE_URL', '')}")
+    say(f"✔ init    tables in {env.get('DATABASE_URL', '')}, bucket {env.get('S3_BUCKET', '')}")
     return True
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -31,6 +32,7 @@ TASK_BY_KIND = {
     EventKind.COMPLETION: "metrics.project_job",
     EventKind.LOGS: "logs.project",
     EventKind.VALIDATION: "validation.project",
+    EventKind.UPLOAD: "uploads.finalize",
 }
 
 
@@ -46,9 +48,10 @@ def request_hash(kind: EventKind, payload: dict) -> str:
 
 
 def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | None,
-           apply_to_job=None) -> Accepted:
-    """Persist one callback and announce it. `apply_to_job(job, payload)` updates the job
-    in the same transaction and may raise APIError to refuse the callback."""
+           apply: Callable[[Job, Event], None] | None = None) -> Accepted:
+    """Persist one callback and announce it. `apply(job, event)` runs in the same
+    transaction once the event has its id: it updates the job (or other rows) and may raise
+    APIError to refuse the callback, which then leaves nothing behind."""
     digest = request_hash(kind, payload)
     if idempotency_key:
         earlier = _replay(job_id, idempotency_key, digest)
@@ -57,14 +60,18 @@ def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | N
     job = db.session.get(Job, job_id, with_for_update=True)
     if job is None:
         raise APIError.not_found("job", job_id=job_id)
-    if apply_to_job is not None:
-        apply_to_job(job, payload)
     event = Event(job_id=job_id, kind=kind, payload=payload,
                   idempotency_key=idempotency_key, request_hash=digest)
     db.session.add(event)
     db.session.flush()
+    try:
+        if apply is not None:
+            apply(job, event)
+    except APIError:
+        db.session.rollback()
+        raise
     event.response = {"event_id": event.id, "job_id": job_id, "kind": kind.value,
-                      "job_status": job.status.value}
+                      "job_status": job.status.value, **(event.response or {})}
     try:
         db.session.commit()
     except IntegrityError:

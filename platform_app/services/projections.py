@@ -106,7 +106,7 @@ def project_job_metrics(job_id: int, tracking: TrackingService) -> int:
     projected = 0
     with locks.job_lock("metrics", job_id) as renew_lock:
         job = db.session.get(Job, job_id)
-        run_id = _ensure_run(job, tracking)
+        run_id = ensure_run(job, tracking)
         while True:
             events = db.session.scalars(
                 sa.select(Event).where(
@@ -133,7 +133,9 @@ def project_job_metrics(job_id: int, tracking: TrackingService) -> int:
     return projected
 
 
-def _ensure_run(job: Job, tracking: TrackingService) -> str:
+def ensure_run(job: Job, tracking: TrackingService) -> str:
+    """The job's MLflow run id, creating experiment and run on first need. Call it holding
+    the job's lock, so that two workers cannot create two runs."""
     if job.mlflow_run_id:
         return job.mlflow_run_id
     experiment_id = tracking.ensure_experiment(job.experiment_name)

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -123,6 +123,10 @@ class TrackingService:
                 self.client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
                 requests += 1
         return requests
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        with _classified():
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def finish_run(self, run_id: str, job_status: str, end_ms: int) -> None:
         with _classified():
