@@ -85,6 +85,7 @@ class Config:
     OUTBOX_RETRY_BACKOFF_MAX_SECONDS: float = setting(300.0, minimum=0)
     METRICS_BATCH_EVENTS: int = setting(500, minimum=1)
     PROJECTION_LOCK_TTL_SECONDS: int = setting(60, minimum=5)
+    CANCEL_GRACE_SECONDS: float = setting(600.0, minimum=0)
     LOG_LEVEL: str = "INFO"
 
     @classmethod

@@ -25,6 +25,7 @@ def now_ms() -> int:
 class JobStatus(enum.StrEnum):
     PENDING = "pending"
     RUNNING = "running"
+    STOPPING = "stopping"  # an operator cancelled; the trainer is told on its next progress
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -82,6 +83,8 @@ class Job(db.Model):
                                                        default=utcnow)
     started_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
     finished_at: so.Mapped[datetime | None] = so.mapped_column(sa.DateTime(timezone=True))
+    cancel_requested_at: so.Mapped[datetime | None] = so.mapped_column(
+        sa.DateTime(timezone=True))
 
     @property
     def finished(self) -> bool:

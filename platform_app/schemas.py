@@ -96,6 +96,7 @@ class JobSchema(Schema):
     created_at = fields.DateTime()
     started_at = fields.DateTime()
     finished_at = fields.DateTime()
+    cancel_requested_at = fields.DateTime()
 
 
 class CreatedJobSchema(JobSchema):
@@ -110,7 +111,8 @@ class PageArgsSchema(Schema):
 
 
 class JobListArgsSchema(PageArgsSchema):
-    status = fields.String(validate=validate.OneOf(("pending", "running", *TERMINAL)))
+    status = fields.String(validate=validate.OneOf(("pending", "running", "stopping",
+                                                    *TERMINAL)))
 
 
 class CursorArgsSchema(Schema):
@@ -197,6 +199,9 @@ class AcceptedSchema(Schema):
     job_id = fields.Integer()
     kind = fields.String()
     job_status = fields.String()
+    stop_requested = fields.Boolean()
+    upload_id = fields.String()
+    s3_uri = fields.String()
 
 
 class EventSchema(Schema):

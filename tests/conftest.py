@@ -55,6 +55,7 @@ def base_config(**overrides: object) -> Config:
         OUTBOX_MAX_ATTEMPTS=50,
         MLFLOW_HTTP_REQUEST_TIMEOUT=5,
         PROJECTION_LOCK_TTL_SECONDS=10,
+        CANCEL_GRACE_SECONDS=3.0,
     )
     settings.update(overrides)
     return Config(**settings)

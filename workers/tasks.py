@@ -20,7 +20,7 @@ from sqlalchemy.exc import OperationalError
 from platform_app.extensions import db
 from platform_app.joblog import job_logger
 from platform_app.models import Event, EventState
-from platform_app.services import outbox, projections, uploads
+from platform_app.services import jobstate, outbox, projections, uploads
 from platform_app.services.errors import SinkRejected, SinkUnavailable
 from platform_app.services.locks import JobBusy
 
@@ -96,6 +96,7 @@ def sweep_outbox() -> int:
     """Beat-scheduled: re-announce events whose message was lost, and clean up uploads
     whose URLs expired unused."""
     swept = outbox.sweep(current_app.config["OUTBOX_STALE_AFTER_SECONDS"])
+    jobstate.cancel_silent_jobs(current_app.config["CANCEL_GRACE_SECONDS"])
     try:
         uploads.abandon_expired()
     except SinkUnavailable as exc:

@@ -20,7 +20,7 @@ from platform_app.schemas import (
     JobSchema,
     LogLineSchema,
 )
-from platform_app.services import uploads
+from platform_app.services import jobstate, uploads
 
 bp = Blueprint("jobs", __name__, url_prefix=f"{URL_PREFIX}/training",
                description="Training jobs (operator API key)")
@@ -75,6 +75,19 @@ def list_jobs(args: dict):
 @require_operator
 def read_job(job_id: int):
     return job_schema.dump(get_job(job_id))
+
+
+@bp.route("/jobs/<int:job_id>/cancel", methods=["POST"])
+@require_operator
+def cancel_job(job_id: int):
+    """Ask the trainer to stop: its next progress answer says `stop_requested`, it finishes
+    the epoch and reports `cancelled`. If it stays silent for CANCEL_GRACE_SECONDS the
+    platform cancels the job itself."""
+    job = db.session.get(Job, job_id, with_for_update=True)
+    if job is None:
+        raise APIError.not_found("job", job_id=job_id)
+    jobstate.request_cancel(job)
+    return job_schema.dump(job), 202
 
 
 @bp.route("/jobs/<int:job_id>/metrics", methods=["GET"])

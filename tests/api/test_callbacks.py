@@ -220,3 +220,25 @@ def test_callbacks_are_accepted_while_the_broker_is_down(api_config, tmp_path):
         assert event.state.value == "pending" and event.payload["current_epoch"] == 1
     ready = api.client.get("/ready")
     assert ready.status_code == 503 and ready.get_json()["checks"]["broker"] != "ok"
+
+
+def test_cancel_tells_the_trainer_to_stop(api):
+    job = api.create_job()
+    assert api.callback(job, "progress", PROGRESS).get_json()["stop_requested"] is False
+    response = api.client.post(f"/api/v1/training/jobs/{job['job_id']}/cancel",
+                               headers=api.operator)
+    assert response.status_code == 202 and response.get_json()["status"] == "stopping"
+    answer = api.callback(job, "progress", {**PROGRESS, "current_epoch": 2}).get_json()
+    assert answer["stop_requested"] is True and answer["job_status"] == "stopping"
+    api.callback(job, "completion", {"status": "cancelled"})
+    assert api.job(job["job_id"])["status"] == "cancelled"
+    again = api.client.post(f"/api/v1/training/jobs/{job['job_id']}/cancel",
+                            headers=api.operator)
+    assert again.status_code == 409
+
+
+def test_cancel_needs_the_operator_key(api):
+    job = api.create_job()
+    response = api.client.post(f"/api/v1/training/jobs/{job['job_id']}/cancel",
+                               headers=api.bearer(job))
+    assert response.status_code == 401

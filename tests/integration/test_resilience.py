@@ -91,3 +91,18 @@ def test_refused_event_fails_visibly_and_can_be_replayed(stack):
     stack.wait_projected([event_id])
     run_id = api.job(job["job_id"])["mlflow_run_id"]
     assert [p.value for p in client.get_metric_history(run_id, "loss")] == [1.0]
+
+
+def test_silent_trainer_is_cancelled_after_the_grace_period(stack):
+    """The stack's worker runs with CANCEL_GRACE_SECONDS small (see conftest)."""
+    api = stack.actions
+    job = api.create_job()
+    api.callback(job, "progress", {"current_epoch": 1, "metrics": {"loss": 1.0}})
+    api.client.post(f"/api/v1/training/jobs/{job['job_id']}/cancel", headers=api.operator)
+    wait_until(lambda: api.job(job["job_id"])["status"] == "cancelled", timeout=30,
+               message="the platform to cancel the silent job")
+    state = api.job(job["job_id"])
+    assert "no callback" in state["error_message"]
+    wait_until(lambda: MlflowClient(stack.mlflow.uri).get_run(
+        api.job(job["job_id"])["mlflow_run_id"]).info.status == "KILLED", timeout=30,
+        message="the MLflow run to be ended")

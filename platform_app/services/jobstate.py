@@ -1,0 +1,86 @@
+"""The job state machine, applied in the same transaction as the callback that moves it.
+
+Job status only moves forward: pending → running → completed / failed / cancelled, with
+`stopping` before the end when an operator cancels (progress answers then carry
+`stop_requested: true`). Once a job has finished, progress and a second completion are
+refused with 409 JOB_FINISHED and nothing is stored; logs and validation results are still
+accepted (a trainer flushes them around its last callbacks).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+import sqlalchemy as sa
+
+from platform_app.errors import APIError
+from platform_app.extensions import db
+from platform_app.models import Event, EventKind, Job, JobStatus, utcnow
+from platform_app.services import outbox
+
+log = logging.getLogger(__name__)
+
+
+def refuse_if_finished(job: Job) -> None:
+    if job.finished:
+        raise APIError("JOB_FINISHED", f"job {job.id} has already finished ({job.status.value})",
+                       {"job_id": job.id, "status": job.status.value})
+
+
+def apply_progress(job: Job, event: Event) -> None:
+    payload = event.payload
+    refuse_if_finished(job)
+    if job.status == JobStatus.PENDING:
+        job.status = JobStatus.RUNNING
+        job.started_at = utcnow()
+    event.response = {"stop_requested": job.status == JobStatus.STOPPING}
+    if job.current_epoch is None or payload["current_epoch"] >= job.current_epoch:
+        job.current_epoch = payload["current_epoch"]
+        job.latest_metrics = payload["metrics"]
+    if payload.get("total_epochs"):
+        job.total_epochs = payload["total_epochs"]
+    for field in ("best_checkpoint_path", "last_checkpoint_path"):
+        if payload.get(field):
+            setattr(job, field, payload[field])
+
+
+def apply_completion(job: Job, event: Event) -> None:
+    payload = event.payload
+    refuse_if_finished(job)
+    job.status = JobStatus(payload["status"])
+    job.finished_at = utcnow()
+    job.started_at = job.started_at or job.finished_at
+    job.final_metrics = payload["final_metrics"]
+    job.error_message = payload.get("error_message")
+    for field in ("best_checkpoint_path", "last_checkpoint_path"):
+        if payload.get(field):
+            setattr(job, field, payload[field])
+
+
+def request_cancel(job: Job) -> None:
+    refuse_if_finished(job)
+    if job.status != JobStatus.STOPPING:
+        job.status = JobStatus.STOPPING
+        job.cancel_requested_at = utcnow()
+    db.session.commit()
+
+
+def cancel_silent_jobs(grace_s: float) -> int:
+    """Sweeper: a job asked to stop whose trainer has not reported the end within the grace
+    period is cancelled by the platform, through the same outbox as a trainer's completion
+    (so its MLflow run is ended too)."""
+    cutoff = utcnow() - timedelta(seconds=grace_s)
+    silent = db.session.scalars(sa.select(Job.id).where(
+        Job.status == JobStatus.STOPPING, Job.cancel_requested_at < cutoff)).all()
+    for job_id in silent:
+        payload = {"status": "cancelled", "final_metrics": {},
+                   "error_message": f"cancelled: no callback within {grace_s:.0f} s of the "
+                                    "cancel request"}
+        try:
+            outbox.accept(job_id, EventKind.COMPLETION, payload, f"platform-cancel-{job_id}",
+                          apply_completion)
+        except APIError:  # the trainer's own completion won the race
+            continue
+        log.info("[job %s] cancelled by the platform after the grace period", job_id)
+    return len(silent)
