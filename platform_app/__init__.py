@@ -9,7 +9,8 @@ from flask import Flask
 
 from platform_app.config import Config
 from platform_app.errors import register_error_handlers
-from platform_app.extensions import celery_init_app, db, rest_api
+from platform_app.extensions import celery_init_app, db, rest_api, sock
+from platform_app.services.events import LiveHub
 from platform_app.services.storage import ObjectStore
 from platform_app.services.tracking import TrackingService
 
@@ -28,6 +29,9 @@ def create_app(config: Config | None = None) -> Flask:
     from platform_app import health
     app.register_blueprint(health.bp)
     register_error_handlers(app)
+    from platform_app import ws  # noqa: F401  (registers the WebSocket route)
+    sock.init_app(app)
+    app.extensions["live_hub"] = LiveHub(app.config["REDIS_URL"], app.config["WS_QUEUE_SIZE"])
 
     celery_init_app(app)
     app.extensions["tracking"] = TrackingService(

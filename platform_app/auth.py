@@ -19,29 +19,47 @@ from platform_app.errors import APIError
 
 F = TypeVar("F", bound=Callable)
 CALLBACK_SALT = "job-callback-token"
+VIEW_SALT = "job-view-token"  # a view token can never pass as a callback token, nor back
+TTL_SETTING = {CALLBACK_SALT: "CALLBACK_TOKEN_TTL_SECONDS", VIEW_SALT: "VIEW_TOKEN_TTL_SECONDS"}
 
 
-def _serializer() -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=CALLBACK_SALT)
+def _serializer(salt: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=salt)
 
 
-def issue_callback_token(job_id: int) -> tuple[str, datetime]:
-    token = _serializer().dumps({"job_id": job_id})
-    ttl = current_app.config["CALLBACK_TOKEN_TTL_SECONDS"]
+def _issue(salt: str, job_id: int) -> tuple[str, datetime]:
+    token = _serializer(salt).dumps({"job_id": job_id})
+    ttl = current_app.config[TTL_SETTING[salt]]
     return token, datetime.now(UTC) + timedelta(seconds=ttl)
 
 
-def verify_callback_token(token: str, job_id: int) -> None:
-    """Raise 401 for a missing, forged or expired token and 403 for another job's."""
+def _verify(salt: str, token: str, job_id: int) -> None:
+    """Raise 401 for a forged or expired token and 403 for another job's."""
     try:
-        claims = _serializer().loads(
-            token, max_age=current_app.config["CALLBACK_TOKEN_TTL_SECONDS"])
+        claims = _serializer(salt).loads(token, max_age=current_app.config[TTL_SETTING[salt]])
     except SignatureExpired:
-        raise APIError("TOKEN_EXPIRED", "the job token has expired") from None
+        raise APIError("TOKEN_EXPIRED", "the token has expired") from None
     except BadSignature:
-        raise APIError("INVALID_TOKEN", "the job token is not valid") from None
+        raise APIError("INVALID_TOKEN", "the token is not valid") from None
     if not isinstance(claims, dict) or claims.get("job_id") != job_id:
         raise APIError("FORBIDDEN", "this token belongs to another job", {"job_id": job_id})
+
+
+def issue_callback_token(job_id: int) -> tuple[str, datetime]:
+    return _issue(CALLBACK_SALT, job_id)
+
+
+def verify_callback_token(token: str, job_id: int) -> None:
+    _verify(CALLBACK_SALT, token, job_id)
+
+
+def issue_view_token(job_id: int) -> tuple[str, datetime]:
+    """Short-lived, read-only, one job: what a browser puts in a WebSocket URL."""
+    return _issue(VIEW_SALT, job_id)
+
+
+def verify_view_token(token: str, job_id: int) -> None:
+    _verify(VIEW_SALT, token, job_id)
 
 
 def _bearer_token() -> str:
@@ -63,17 +81,20 @@ def require_job_token(view: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def check_operator_key(key: str) -> None:
+    if not key:
+        raise APIError("UNAUTHENTICATED", "send the operator key in the X-API-Key header")
+    expected = current_app.config["OPERATOR_API_KEY"]
+    if not hmac.compare_digest(key.encode(), expected.encode()):
+        raise APIError("UNAUTHENTICATED", "the operator key is not valid")
+
+
 def require_operator(view: F) -> F:
     """For operator endpoints; a trainer's job token is not accepted here."""
 
     @wraps(view)
     def wrapper(*args, **kwargs):
-        key = request.headers.get("X-API-Key", "")
-        expected = current_app.config["OPERATOR_API_KEY"]
-        if not key:
-            raise APIError("UNAUTHENTICATED", "send the operator key in the X-API-Key header")
-        if not hmac.compare_digest(key.encode(), expected.encode()):
-            raise APIError("UNAUTHENTICATED", "the operator key is not valid")
+        check_operator_key(request.headers.get("X-API-Key", ""))
         return view(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

@@ -77,6 +77,10 @@ class Config:
     MAX_UPLOAD_BYTES: int = setting(100 * 1024 ** 3, minimum=1)
     PUBLIC_BASE_URL: str = ""  # default: the host the request came to
     CALLBACK_TOKEN_TTL_SECONDS: int = setting(7 * 24 * 3600, minimum=60)
+    VIEW_TOKEN_TTL_SECONDS: int = setting(600, minimum=10)
+    WS_MAX_CONNECTIONS: int = setting(200, minimum=1)
+    WS_HEARTBEAT_SECONDS: float = setting(20.0, minimum=0.5)
+    WS_QUEUE_SIZE: int = setting(1000, minimum=1)
     MAX_CONTENT_LENGTH: int = setting(8 * 1024 * 1024, minimum=1024)
     OUTBOX_SWEEP_INTERVAL_SECONDS: float = setting(30.0, minimum=0.1)
     OUTBOX_STALE_AFTER_SECONDS: float = setting(120.0, minimum=0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery, Task
 from flask import Flask
 from flask_smorest import Api
+from flask_sock import Sock
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -17,6 +18,7 @@ class Base(DeclarativeBase):
 
 db = SQLAlchemy(model_class=Base)
 rest_api = Api()
+sock = Sock()
 
 
 @event.listens_for(Engine, "connect")

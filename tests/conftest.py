@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import requests
 
 from platform_app import create_app, init_platform
 from platform_app.config import Config
@@ -174,6 +175,44 @@ class Worker:
 
 
 @dataclass
+class LiveServer:
+    """The API under gunicorn (gthread), as deployed: for WebSocket and SDK tests."""
+
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+    url: str = ""
+
+    def start(self) -> LiveServer:
+        from platform_app.devstack import free_port
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_file = open(self.log_path, "a")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+             "--threads", "32", "--worker-class", "gthread", "--control-socket",
+             str(self.log_path.with_suffix(".ctl")), "wsgi:app"],
+            cwd=ROOT, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT,
+            start_new_session=True)
+
+        def up() -> bool:
+            if self.process.poll() is not None:
+                pytest.fail(f"API server exited:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                return requests.get(f"{self.url}/health", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+        wait_until(up, timeout=60, message="the API server to answer")
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, 15)
+            self.process.wait(20)
+        self.log_file.close()
+
+
+@dataclass
 class Stack:
     app: object
     config: Config
@@ -181,6 +220,7 @@ class Stack:
     worker: Worker
     mlflow: object
     broker: redis.Redis
+    env: dict[str, str]
 
     def event(self, event_id: int) -> dict:
         return self.actions.get(f"/api/v1/events/{event_id}")
@@ -214,7 +254,19 @@ def stack(request, tmp_path_factory, redis_url, s3_settings, mlflow_server) -> I
     worker = Worker(env=env, log_path=workdir / "worker.log")
     worker.start()
     yield Stack(app=app, config=config, actions=ApiActions(app.test_client(), config),
-                worker=worker, mlflow=mlflow_server, broker=redis.Redis.from_url(broker_url))
+                worker=worker, mlflow=mlflow_server, broker=redis.Redis.from_url(broker_url),
+                env=env)
     worker.stop()
     with app.app_context():
         db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def api_servers(stack, tmp_path_factory) -> Iterator[list[LiveServer]]:
+    """Two API processes on the stack: a socket on one sees callbacks sent to the other."""
+    workdir = tmp_path_factory.mktemp("api-servers")
+    env = {**stack.env, "WS_QUEUE_SIZE": "50", "WS_HEARTBEAT_SECONDS": "1"}
+    servers = [LiveServer(env, workdir / f"api-{i}.log").start() for i in range(2)]
+    yield servers
+    for server in servers:
+        server.stop()

@@ -13,6 +13,7 @@ import logging
 import random
 from collections.abc import Callable
 
+import sqlalchemy as sa
 from celery import Task, shared_task
 from flask import current_app
 from sqlalchemy.exc import OperationalError
@@ -20,7 +21,7 @@ from sqlalchemy.exc import OperationalError
 from platform_app.extensions import db
 from platform_app.joblog import job_logger
 from platform_app.models import Event, EventState
-from platform_app.services import jobstate, outbox, projections, uploads
+from platform_app.services import events, jobstate, outbox, projections, uploads
 from platform_app.services.errors import SinkRejected, SinkUnavailable
 from platform_app.services.locks import JobBusy
 
@@ -35,14 +36,18 @@ def backoff(attempts: int, base_s: float, cap_s: float) -> float:
     return random.uniform(ceiling / 2, ceiling)
 
 
-def run_projection(task: Task, event_id: int, project: Callable[[Event], object]) -> None:
+def run_projection(task: Task, event_id: int,
+                   project: Callable[[Event], list[int] | dict | None]) -> None:
+    """`project` returns what to announce: the ids of the events it projected (a batch), or
+    details about this event (e.g. an upload's verdict)."""
     event = db.session.get(Event, event_id)
     if event is None or event.state != EventState.PENDING:
         return  # already projected (a duplicate delivery) or failed for good
     logger = job_logger(task.name, event.job_id)
     config = current_app.config
     try:
-        project(event)
+        outcome = project(event)
+        announce_projected(event, outcome)
     except JobBusy:
         db.session.rollback()
         raise task.retry(countdown=random.uniform(0.5, 1.5)) from None
@@ -64,6 +69,17 @@ def run_projection(task: Task, event_id: int, project: Callable[[Event], object]
         outbox.record_failure(event_id, str(exc), retryable=False, max_attempts=1,
                               retry_in_s=0)
         logger.error("event %s refused by its sink: %s", event_id, exc)
+
+
+def announce_projected(event: Event, outcome: list[int] | dict | None) -> None:
+    """Tell live viewers that events reached their sink ("in MLflow", "verified")."""
+    if isinstance(outcome, list):
+        projected = db.session.scalars(sa.select(Event).where(Event.id.in_(outcome))).all()
+        messages = [events.projected_message(e, {"sink": "mlflow"}) for e in projected]
+    else:
+        db.session.refresh(event)
+        messages = [events.projected_message(event, outcome)]
+    events.publish(current_app.config["REDIS_URL"], messages)
 
 
 @shared_task(name="metrics.project_job", **PROJECTION)

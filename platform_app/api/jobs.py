@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from flask import current_app, request
 
 from platform_app.api import URL_PREFIX, Blueprint
-from platform_app.auth import issue_callback_token, require_operator
+from platform_app.auth import issue_callback_token, issue_view_token, require_operator
 from platform_app.errors import APIError
 from platform_app.extensions import db
 from platform_app.models import Event, EventKind, Job, JobStatus, LogLine
@@ -20,7 +20,7 @@ from platform_app.schemas import (
     JobSchema,
     LogLineSchema,
 )
-from platform_app.services import jobstate, uploads
+from platform_app.services import events, jobstate, uploads
 
 bp = Blueprint("jobs", __name__, url_prefix=f"{URL_PREFIX}/training",
                description="Training jobs (operator API key)")
@@ -87,7 +87,21 @@ def cancel_job(job_id: int):
     if job is None:
         raise APIError.not_found("job", job_id=job_id)
     jobstate.request_cancel(job)
-    return job_schema.dump(job), 202
+    body = job_schema.dump(job)
+    events.publish(current_app.config["REDIS_URL"], [
+        {"type": "status", "job_id": job_id, "event_id": None, "data": body}])
+    return body, 202
+
+
+@bp.route("/jobs/<int:job_id>/view-token", methods=["POST"])
+@require_operator
+def create_view_token(job_id: int):
+    """For a browser's WebSocket (`/ws/jobs/{id}?token=`): read-only, this job only,
+    short-lived (VIEW_TOKEN_TTL_SECONDS)."""
+    get_job(job_id)
+    token, expires_at = issue_view_token(job_id)
+    return {"token": token, "expires_at": expires_at.isoformat(),
+            "ws_url": f"/ws/jobs/{job_id}?token={token}"}, 201
 
 
 @bp.route("/jobs/<int:job_id>/metrics", methods=["GET"])

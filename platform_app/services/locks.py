@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 
 import redis
 from flask import current_app
 
 from platform_app.services.errors import SinkUnavailable
+from platform_app.services.redis_client import redis_client
 
 WAIT_S = 2.0  # a short wait lets a second task join the holder's next round
 
@@ -24,15 +24,10 @@ class JobBusy(Exception):
     """Another worker is projecting this job: try again shortly (not a failure)."""
 
 
-@lru_cache(maxsize=4)
-def _client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
-
-
 @contextmanager
 def job_lock(purpose: str, job_id: int) -> Iterator[Callable[[], None]]:
     """Hold the job's lock; yields `renew()`, to call between rounds of work."""
-    client = _client(current_app.config["REDIS_URL"])
+    client = redis_client(current_app.config["REDIS_URL"])
     lock = client.lock(f"platform:lock:{purpose}:{job_id}",
                        timeout=current_app.config["PROJECTION_LOCK_TTL_SECONDS"],
                        blocking_timeout=WAIT_S)

@@ -18,12 +18,14 @@ from datetime import timedelta
 
 import sqlalchemy as sa
 from celery import current_app as celery_app
+from flask import current_app
 from sqlalchemy.exc import IntegrityError
 
 from platform_app.errors import APIError
 from platform_app.extensions import db
 from platform_app.joblog import job_logger
 from platform_app.models import Event, EventKind, EventState, Job, utcnow
+from platform_app.services import events
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | N
             raise
         return earlier
     announce(event)
+    events.publish(current_app.config["REDIS_URL"], [events.message_of(event)])
     return Accepted(body=event.response, replayed=False)
 
 

@@ -96,14 +96,14 @@ def _finite_or_none(value: float | str | None) -> float | None:
     return None if value is None or isinstance(value, str) else float(value)
 
 
-def project_job_metrics(job_id: int, tracking: TrackingService) -> int:
+def project_job_metrics(job_id: int, tracking: TrackingService) -> list[int]:
     """Write every pending progress/completion event of a job to its MLflow run, oldest
     first, in as few `log_batch` calls as MLflow's limits allow. One worker at a time per
     job (a lock), so events that pile up while it writes go out in the next large batch.
-    Returns how many events it projected."""
+    Returns the ids of the events it projected."""
     logger = job_logger(__name__, job_id)
     batch_size = current_app.config["METRICS_BATCH_EVENTS"]
-    projected = 0
+    projected: list[int] = []
     with locks.job_lock("metrics", job_id) as renew_lock:
         job = db.session.get(Job, job_id)
         run_id = ensure_run(job, tracking)
@@ -126,7 +126,7 @@ def project_job_metrics(job_id: int, tracking: TrackingService) -> int:
                                     completion.accepted_ms)
             claim([e.id for e in events])
             db.session.commit()
-            projected += len(events)
+            projected.extend(e.id for e in events)
             renew_lock()
             logger.info("projected %d events into MLflow run %s in %d requests",
                         len(events), run_id, requests)

@@ -127,9 +127,9 @@ def discard(upload: Upload, store: ObjectStore) -> None:
     store.remove(upload.key)
 
 
-def finalize(event: Event, store: ObjectStore, tracking: TrackingService) -> None:
+def finalize(event: Event, store: ObjectStore, tracking: TrackingService) -> dict:
     """The projection of an upload-complete event. Re-entrant: a retry after the DB record
-    skips to what is left (the MLflow link)."""
+    skips to what is left (the MLflow link). Returns the verdict for live viewers."""
     logger = job_logger(__name__, event.job_id)
     upload = db.session.scalar(sa.select(Upload).where(
         Upload.upload_id == event.payload["upload_id"]))
@@ -152,6 +152,8 @@ def finalize(event: Event, store: ObjectStore, tracking: TrackingService) -> Non
             tracking.set_tags(run_id, checkpoint_tags(upload, store))
     claim([event.id])
     db.session.commit()
+    return {"upload_id": upload.upload_id, "status": upload.status.value,
+            "reason": upload.reason, "s3_uri": store.uri(upload.key), "sha256": upload.sha256}
 
 
 def record_verified(upload: Upload, verdict: Verdict, metrics: dict | None) -> None:

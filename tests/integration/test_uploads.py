@@ -119,7 +119,8 @@ def test_store_refuses_a_body_other_than_declared(stack):
     grant = ask(stack, job, {"checkpoint_type": "best", "filename": "best.pt",
                              "size": len(data), "sha256": hashlib.sha256(data).hexdigest()})
     other = os.urandom(MiB)
-    assert requests.put(grant["upload_url"], data=other, headers=grant["headers"]).status_code == 400
+    refused = requests.put(grant["upload_url"], data=other, headers=grant["headers"])
+    assert refused.status_code == 400
     shorter = {**grant["headers"], "Content-Length": str(MiB - 1)}
     assert requests.put(grant["upload_url"], data=data[:-1], headers=shorter).status_code == 403
     tampered = grant["upload_url"].replace("best.pt", "other.pt")
