@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 import click
-from flask import Flask
+from flask import Flask, Response, request
 
+from platform_app import metrics
 from platform_app.config import Config
 from platform_app.errors import register_error_handlers
 from platform_app.extensions import celery_init_app, db, rest_api, sock
@@ -29,6 +30,8 @@ def create_app(config: Config | None = None) -> Flask:
     from platform_app import health
     app.register_blueprint(health.bp)
     register_error_handlers(app)
+    metrics.init_app(app)
+    app.after_request(conditional_get)
     from platform_app import ws  # noqa: F401  (registers the WebSocket route)
     sock.init_app(app)
     app.extensions["live_hub"] = LiveHub(app.config["REDIS_URL"], app.config["WS_QUEUE_SIZE"])
@@ -45,6 +48,16 @@ def create_app(config: Config | None = None) -> Flask:
     return app
 
 
+def conditional_get(response: Response) -> Response:
+    """ETag / If-None-Match on the API's GETs: a poller whose data has not changed gets a
+    304 with no body."""
+    if (request.method == "GET" and response.status_code == 200 and response.is_json
+            and request.path.startswith("/api/")):
+        response.add_etag()
+        response.make_conditional(request)
+    return response
+
+
 def _configure_logging(app: Flask) -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(
@@ -52,19 +65,21 @@ def _configure_logging(app: Flask) -> None:
             format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
 
-def init_platform(app: Flask) -> list[str]:
+def init_platform(app: Flask, bucket: bool = True) -> list[str]:
     """Create what the platform needs and is missing: tables and the bucket. Run once
     before starting several processes. (Schema changes will need migrations; see README.)"""
     with app.app_context():
         db.create_all()
-        created = app.extensions["storage"].ensure_bucket()
-    bucket = app.config["S3_BUCKET"]
-    return ["database tables are in place",
-            f"bucket {bucket} {'created' if created else 'exists'}"]
+        done = ["database tables are in place"]
+        if bucket:
+            created = app.extensions["storage"].ensure_bucket()
+            done.append(f"bucket {app.config['S3_BUCKET']} {'created' if created else 'exists'}")
+    return done
 
 
 @click.command("init")
-def init_command() -> None:
+@click.option("--no-bucket", is_flag=True, help="Tables only (the store makes its bucket).")
+def init_command(no_bucket: bool) -> None:
     from flask import current_app
-    for line in init_platform(current_app._get_current_object()):
+    for line in init_platform(current_app._get_current_object(), bucket=not no_bucket):
         click.echo(line)

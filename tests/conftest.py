@@ -25,7 +25,9 @@ import requests
 
 from platform_app import create_app, init_platform
 from platform_app.config import Config
+from platform_app.devstack import free_port
 from platform_app.extensions import db
+from tests.fixtures.loki import LokiReceiver
 
 pytest_plugins = ["tests.fixtures.services"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -146,7 +148,7 @@ class Worker:
         self.log_file = open(self.log_path, "a")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers", "worker", "-B",
-             "--loglevel", "INFO", "--concurrency", "2", "--without-heartbeat",
+             "--loglevel", "INFO", "--concurrency", "2", "-E", "--without-heartbeat",
              "--without-mingle", "--without-gossip",
              "--schedule", str(self.log_path.with_suffix(".beat"))],
             cwd=ROOT, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT,
@@ -184,16 +186,16 @@ class LiveServer:
     url: str = ""
 
     def start(self) -> LiveServer:
-        from platform_app.devstack import free_port
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log_file = open(self.log_path, "a")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-             "--threads", "32", "--worker-class", "gthread", "--control-socket",
-             str(self.log_path.with_suffix(".ctl")), "wsgi:app"],
-            cwd=ROOT, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [sys.executable, "-m", "gunicorn", "-c", "python:platform_app.gunicorn_conf",
+             "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "32",
+             "--control-socket", str(self.log_path.with_suffix(".ctl")), "wsgi:app"],
+            cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**self.env,
+                 "PROMETHEUS_MULTIPROC_DIR": str(self.log_path.with_suffix(".metrics"))})
 
         def up() -> bool:
             if self.process.poll() is not None:
@@ -231,8 +233,16 @@ class Stack:
         wait_until(done, timeout=timeout, message=f"events {event_ids} to be projected")
 
 
+@pytest.fixture(scope="session")
+def loki() -> Iterator[LokiReceiver]:
+    receiver = LokiReceiver()
+    yield receiver
+    receiver.stop()
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
-def stack(request, tmp_path_factory, redis_url, s3_settings, mlflow_server) -> Iterator[Stack]:
+def stack(request, tmp_path_factory, redis_url, s3_settings, mlflow_server,
+          loki) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp(f"stack-{request.param}")
     if request.param == "sqlite":
         database_url = f"sqlite:///{workdir}/platform.db"
@@ -247,10 +257,12 @@ def stack(request, tmp_path_factory, redis_url, s3_settings, mlflow_server) -> I
         DATABASE_URL=database_url, REDIS_URL=broker_url, CELERY_BROKER_URL=broker_url,
         MLFLOW_TRACKING_URI=mlflow_server.uri, S3_ENDPOINT_URL=s3_settings.endpoint_url,
         S3_ACCESS_KEY=s3_settings.access_key, S3_SECRET_KEY=s3_settings.secret_key,
-        S3_BUCKET=s3_settings.bucket, PLATFORM_DATA_DIR=str(workdir))
+        S3_BUCKET=s3_settings.bucket, PLATFORM_DATA_DIR=str(workdir), LOKI_URL=loki.url,
+        WORKER_METRICS_PORT=free_port())
     app = create_app(config)
     init_platform(app)
-    env = {**os.environ, **config.as_environ(), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **config.as_environ(), "PYTHONUNBUFFERED": "1",
+           "PROMETHEUS_MULTIPROC_DIR": str(workdir / "worker-metrics")}
     worker = Worker(env=env, log_path=workdir / "worker.log")
     worker.start()
     yield Stack(app=app, config=config, actions=ApiActions(app.test_client(), config),

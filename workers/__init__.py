@@ -6,4 +6,4 @@ from platform_app import create_app
 flask_app = create_app()
 celery_app = flask_app.extensions["celery"]
 
-from workers import tasks  # noqa: E402,F401  (registers the tasks)
+from workers import monitoring, tasks  # noqa: E402,F401  (registers tasks and signals)

@@ -83,7 +83,7 @@ def announce_projected(event: Event, outcome: list[int] | dict | None) -> None:
 
 
 @shared_task(name="metrics.project_job", **PROJECTION)
-def project_job_metrics(self: Task, event_id: int) -> None:
+def project_job_metrics(self: Task, event_id: int, job_id: int | None = None) -> None:
     """Progress and completion events of the event's job → its MLflow run."""
     tracking = current_app.extensions["tracking"]
     run_projection(self, event_id,
@@ -91,17 +91,17 @@ def project_job_metrics(self: Task, event_id: int) -> None:
 
 
 @shared_task(name="logs.project", **PROJECTION)
-def project_logs(self: Task, event_id: int) -> None:
+def project_logs(self: Task, event_id: int, job_id: int | None = None) -> None:
     run_projection(self, event_id, projections.project_logs)
 
 
 @shared_task(name="validation.project", **PROJECTION)
-def project_validation(self: Task, event_id: int) -> None:
+def project_validation(self: Task, event_id: int, job_id: int | None = None) -> None:
     run_projection(self, event_id, projections.project_validation)
 
 
 @shared_task(name="uploads.finalize", **PROJECTION)
-def finalize_upload(self: Task, event_id: int) -> None:
+def finalize_upload(self: Task, event_id: int, job_id: int | None = None) -> None:
     """Complete, verify and record an uploaded checkpoint or artifact."""
     store, tracking = current_app.extensions["storage"], current_app.extensions["tracking"]
     run_projection(self, event_id, lambda event: uploads.finalize(event, store, tracking))

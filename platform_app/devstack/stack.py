@@ -36,7 +36,8 @@ from .readiness import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-PREFERRED_PORTS = {"api": 8000, "mlflow": 5000, "s3": 8333, "flower": 5555, "redis": 6390}
+PREFERRED_PORTS = {"api": 8000, "mlflow": 5000, "s3": 8333, "flower": 5555, "redis": 6390,
+                   "worker_metrics": 9808}
 DEFAULT_BUCKET = "training"
 SERVICE_ORDER = ("redis", "s3", "mlflow", "api", "worker", "beat", "flower")
 # Seconds from launch; everything starts at once on 2 cores, MLflow alone takes 6-15 s.
@@ -187,10 +188,15 @@ def _app_commands(run: RunDir) -> dict[str, str]:
     # gunicorn's default control socket is one per user (~/.gunicorn): keep it per stack.
     control_socket = shlex.quote(str(run.root / "gunicorn.ctl"))
     schedule = shlex.quote(str(run.beat_schedule))
+    # multiprocess Prometheus: one directory per process group that shares a /metrics
+    api_metrics = shlex.quote(str(run.root / "prometheus" / "api"))
+    worker_metrics = shlex.quote(str(run.root / "prometheus" / "worker"))
     commands = {
-        "api": f"{gunicorn} --bind {HOST}:$API_PORT --workers 2 --threads 4"
-        f" --worker-class gthread --control-socket {control_socket} wsgi:app",
-        "worker": f"{celery} -A workers worker --loglevel INFO --concurrency 2 -E",
+        "api": f"env PROMETHEUS_MULTIPROC_DIR={api_metrics} {gunicorn}"
+        " -c python:platform_app.gunicorn_conf"
+        f" --bind {HOST}:$API_PORT --control-socket {control_socket} wsgi:app",
+        "worker": f"env PROMETHEUS_MULTIPROC_DIR={worker_metrics} {celery} -A workers worker"
+        " --loglevel INFO --concurrency 2 -E",
         "beat": f"{celery} -A workers beat --loglevel INFO --schedule {schedule}",
         "flower": f"{celery} -A workers flower --port=$FLOWER_PORT --address={HOST}",
     }
@@ -248,7 +254,10 @@ def plan_stack(run: RunDir, environ: Mapping[str, str] | None = None) -> StackPl
 
     api_port = port_or_free(PREFERRED_PORTS["api"])
     flower_port = port_or_free(PREFERRED_PORTS["flower"])
+    worker_metrics_port = port_or_free(PREFERRED_PORTS["worker_metrics"])
     env.update(
+        WORKER_METRICS_PORT=str(worker_metrics_port),
+        WORKER_METRICS_URL=f"http://{HOST}:{worker_metrics_port}/metrics",
         API_PORT=str(api_port),
         API_URL=f"http://{HOST}:{api_port}",
         FLOWER_PORT=str(flower_port),

@@ -203,11 +203,12 @@ def _wait_for_stack(
     return None
 
 
-def prepare_database(run: RunDir, env: Mapping[str, str]) -> bool:
-    """Create the platform's tables and bucket once, before several API and worker
-    processes start."""
+def prepare_database(run: RunDir, env: Mapping[str, str], local_s3: bool) -> bool:
+    """Create the platform's tables (and an external store's bucket) once, before several
+    API and worker processes start. The local SeaweedFS creates its bucket itself."""
+    command = [sys.executable, "-m", "flask", "--app", "wsgi", "init"]
     done = subprocess.run(
-        [sys.executable, "-m", "flask", "--app", "wsgi", "init"], cwd=PROJECT_ROOT,
+        command + (["--no-bucket"] if local_s3 else []), cwd=PROJECT_ROOT,
         env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         say("✘ init: creating tables and bucket failed")
@@ -233,7 +234,7 @@ def up(run: RunDir) -> int:
         say(f"✘ cannot start the stack: {exc}")
         return 1
     write_stack_files(run, plan)
-    if not prepare_database(run, plan.env):
+    if not prepare_database(run, plan.env, local_s3="s3" in plan.procfile):
         return 1
     for name in plan.external:
         say(f"• {name:<7} {display_target(plan.env, name)}  (external, not started)")

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from platform_app.errors import APIError
 from platform_app.extensions import db
 from platform_app.joblog import job_logger
+from platform_app.metrics import CALLBACKS_ACCEPTED
 from platform_app.models import Event, EventKind, EventState, Job, utcnow
 from platform_app.services import events
 
@@ -84,6 +85,7 @@ def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | N
             raise
         return earlier
     announce(event)
+    CALLBACKS_ACCEPTED.labels(kind.value).inc()
     events.publish(current_app.config["REDIS_URL"], [events.message_of(event)])
     return Accepted(body=event.response, replayed=False)
 
@@ -106,7 +108,9 @@ def announce(event: Event) -> bool:
     """Enqueue the projection task for an event; a broker failure is logged, not raised:
     the event is already safe in the DB and the sweeper will announce it again."""
     try:
-        celery_app.send_task(TASK_BY_KIND[event.kind], args=[event.id], task_id=event.task_id)
+        # job_id travels as a keyword only so that Flower shows which job a task serves
+        celery_app.send_task(TASK_BY_KIND[event.kind], args=[event.id],
+                             kwargs={"job_id": event.job_id}, task_id=event.task_id)
         return True
     except Exception as exc:  # kombu raises several unrelated types for an unreachable broker
         job_logger(__name__, event.job_id).warning(

@@ -20,7 +20,7 @@ from platform_app.models import (
     utcnow,
 )
 from platform_app.schemas import metric_float
-from platform_app.services import locks
+from platform_app.services import locks, loki
 from platform_app.services.errors import SinkRejected
 from platform_app.services.tracking import Point, RunSpec, TrackingService, legal_metric_key
 
@@ -37,10 +37,14 @@ def claim(event_ids: list[int]) -> int:
 
 
 def project_logs(event: Event) -> None:
+    """Into the DB, and first into Loki when LOKI_URL is set (see services/loki.py)."""
+    log_type = event.payload.get("log_type", "stdout")
+    if current_app.config["LOKI_URL"]:
+        loki.push(current_app.config["LOKI_URL"], event.job_id, log_type,
+                  event.payload["lines"], event.accepted_ms)
     if not claim([event.id]):
         db.session.rollback()
         return
-    log_type = event.payload.get("log_type", "stdout")
     db.session.execute(sa.insert(LogLine), [
         {"job_id": event.job_id, "event_id": event.id, "seq": seq, "log_type": log_type,
          "line": line, "created_ms": event.accepted_ms}

@@ -24,6 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from minio import Minio
 from minio.error import MinioException, S3Error
 
+from platform_app.metrics import sink_call
 from platform_app.services.errors import SinkRejected, SinkUnavailable
 
 READ_CHUNK = 8 * 1024 * 1024
@@ -41,7 +42,8 @@ class StoreRefused(SinkRejected):
 @contextmanager
 def _classified(action: str) -> Iterator[None]:
     try:
-        yield
+        with sink_call("object_store", action):
+            yield
     except S3Error as exc:
         raise StoreRefused(exc.code or "S3Error", f"{action}: {exc.message}") from exc
     except ClientError as exc:

@@ -19,6 +19,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from platform_app.metrics import sink_call
 from platform_app.services.errors import SinkRejected, SinkUnavailable
 
 JOB_ID_TAG = "platform.job_id"
@@ -63,10 +64,12 @@ TERMINAL_RUN_STATUS = {
 
 
 @contextmanager
-def _classified() -> Iterator[None]:
-    """MLflow raises one exception type; tell data it refuses from outages."""
+def _classified(operation: str) -> Iterator[None]:
+    """MLflow raises one exception type; tell data it refuses from outages. Timed and
+    counted per operation for Prometheus."""
     try:
-        yield
+        with sink_call("mlflow", operation):
+            yield
     except MlflowException as exc:
         status = exc.get_http_status_code()
         if 400 <= status < 500 and status not in (408, 429):
@@ -86,7 +89,7 @@ class TrackingService:
         self.client = MlflowClient(tracking_uri)
 
     def ensure_experiment(self, name: str) -> str:
-        with _classified():
+        with _classified("ensure_experiment"):
             experiment = self.client.get_experiment_by_name(name)
             if experiment is not None:
                 return experiment.experiment_id
@@ -100,7 +103,7 @@ class TrackingService:
     def ensure_run(self, spec: RunSpec, experiment_id: str) -> str:
         """Find the job's run by tag or create it; safe to repeat after a crash between
         creating the run and storing its id."""
-        with _classified():
+        with _classified("ensure_run"):
             found = self.client.search_runs(
                 [experiment_id], filter_string=f"tags.`{JOB_ID_TAG}` = '{spec.job_id}'",
                 max_results=1)
@@ -118,18 +121,18 @@ class TrackingService:
         """Write points in as few requests as MLflow allows; returns the request count."""
         metrics = [Metric(p.key, p.value, p.timestamp_ms, p.step) for p in points]
         requests = 0
-        with _classified():
+        with _classified("log_batch"):
             for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
                 self.client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
                 requests += 1
         return requests
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        with _classified():
+        with _classified("set_tags"):
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def finish_run(self, run_id: str, job_status: str, end_ms: int) -> None:
-        with _classified():
+        with _classified("set_terminated"):
             self.client.set_terminated(run_id, TERMINAL_RUN_STATUS[job_status], end_time=end_ms)
 
     def run_url(self, experiment_id: str, run_id: str) -> str:

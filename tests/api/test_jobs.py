@@ -76,3 +76,15 @@ def test_health_and_ready(api):
 def test_openapi_document_lists_the_callbacks(api):
     spec = api.client.get("/api/v1/openapi.json").get_json()
     assert "/api/v1/training/jobs/{job_id}/callback/progress" in spec["paths"]
+
+
+def test_polling_with_an_etag_costs_a_304_until_something_changes(api):
+    job = api.create_job()
+    url = f"/api/v1/training/jobs/{job['job_id']}/metrics"
+    first = api.client.get(url, headers=api.operator)
+    etag = first.headers["ETag"]
+    same = api.client.get(url, headers={**api.operator, "If-None-Match": etag})
+    assert same.status_code == 304 and same.get_data() == b""
+    api.callback(job, "progress", {"current_epoch": 1, "metrics": {"loss": 1.0}})
+    changed = api.client.get(url, headers={**api.operator, "If-None-Match": etag})
+    assert changed.status_code == 200 and changed.get_json()["items"]

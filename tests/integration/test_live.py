@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
+from contextlib import ExitStack
 
 import pytest
 import requests
-from simple_websocket import Client, ConnectionClosed
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from tests.conftest import wait_until
 
@@ -19,17 +21,15 @@ class Viewer:
         url = server.url.replace("http", "ws") + f"/ws/jobs/{job_id}?token={token}"
         if since is not None:
             url += f"&since={since}"
-        self.ws = Client.connect(url)
+        self._exit = ExitStack()
+        self.ws = self._exit.enter_context(connect(url, open_timeout=10))
         self.messages: list[dict] = []
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
     def _read(self) -> None:
         try:
-            while True:
-                data = self.ws.receive()
-                if data is None:
-                    return
+            for data in self.ws:
                 self.messages.append(json.loads(data))
         except ConnectionClosed:
             pass
@@ -38,7 +38,7 @@ class Viewer:
         return [m for m in self.messages if m["type"] in types]
 
     def close(self) -> None:
-        self.ws.close()
+        self._exit.close()
 
 
 def view_token(server, stack, job) -> str:
@@ -101,8 +101,9 @@ def test_a_socket_that_never_reads_holds_back_nobody(stack, api_servers):
     a, b = api_servers
     job = stack.actions.create_job()
     token = view_token(a, stack, job)
-    stalled = Client.connect(a.url.replace("http", "ws") + f"/ws/jobs/{job['job_id']}"
-                             f"?token={token}")  # connected, never read
+    stalled = ExitStack()
+    stalled.enter_context(connect(a.url.replace("http", "ws") + f"/ws/jobs/{job['job_id']}"
+                                  f"?token={token}", max_queue=1))  # connected, never read
     reader = Viewer(a, job["job_id"], token)
     wait_until(lambda: reader.of_type("snapshot"), message="the snapshot")
     lines = ["x" * 4000] * 50  # ~200 KB per event: the stalled socket's buffers fill fast
@@ -119,18 +120,18 @@ def test_sockets_need_a_view_token_of_their_job(stack, api_servers, case):
     a, _ = api_servers
     job, other = stack.actions.create_job(), stack.actions.create_job()
     token = {"forged": "x.y.z", "other job": view_token(a, stack, other), "none": ""}[case]
-    ws = Client.connect(a.url.replace("http", "ws") + f"/ws/jobs/{job['job_id']}?token={token}")
-    message = json.loads(ws.receive(timeout=10))
-    assert message["type"] == "error"
-    assert message["error_code"] == {"forged": "INVALID_TOKEN", "other job": "FORBIDDEN",
-                                     "none": "UNAUTHENTICATED"}[case]
-    with pytest.raises(ConnectionClosed):
-        ws.receive(timeout=10)
+    with connect(a.url.replace("http", "ws") + f"/ws/jobs/{job['job_id']}?token={token}") as ws:
+        message = json.loads(ws.recv(timeout=10))
+        assert message["type"] == "error"
+        assert message["error_code"] == {"forged": "INVALID_TOKEN", "other job": "FORBIDDEN",
+                                         "none": "UNAUTHENTICATED"}[case]
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
 
 
 def test_callback_token_is_not_a_view_token(stack, api_servers):
     a, _ = api_servers
     job = stack.actions.create_job()
-    ws = Client.connect(a.url.replace("http", "ws") +
-                        f"/ws/jobs/{job['job_id']}?token={job['callback_token']}")
-    assert json.loads(ws.receive(timeout=10))["error_code"] == "INVALID_TOKEN"
+    with connect(a.url.replace("http", "ws") +
+                 f"/ws/jobs/{job['job_id']}?token={job['callback_token']}") as ws:
+        assert json.loads(ws.recv(timeout=10))["error_code"] == "INVALID_TOKEN"
