@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps test test-fast up down status demo lint clean
+.PHONY: help install system-deps trainer-env test test-fast up down status demo bench lint clean
 
 help:
 	@echo "make demo    start the local stack and run a training job end to end"
@@ -15,6 +15,7 @@ help:
 	@echo "make up      start the local stack in the background (.run/stack.env)"
 	@echo "make down    stop it"
 	@echo "make status  which services answer"
+	@echo "make bench   measure the request path, MLflow throughput, uploads (.run/bench)"
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -29,7 +30,11 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: system-deps $(STAMP)
 
-test: install
+# The Ultralytics trainer's own environment (torch, ultralytics, trainer_sdk; no mlflow)
+trainer-env:
+	@bash scripts/setup-trainer-env.sh
+
+test: install trainer-env
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
@@ -44,7 +49,7 @@ down:
 status:
 	$(PY) -m platform_app.devstack status
 
-demo: up
+demo: up trainer-env
 	$(PY) scripts/demo.py
 
 lint: install

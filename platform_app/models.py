@@ -61,6 +61,9 @@ class Job(db.Model):
     __tablename__ = "jobs"
 
     id: so.Mapped[int] = so.mapped_column(primary_key=True)
+    # Unique across databases: finds the job's MLflow run even if ids were reused (a reset DB)
+    uid: so.Mapped[str] = so.mapped_column(sa.String(32), unique=True,
+                                           default=lambda: uuid.uuid4().hex)
     model_name: so.Mapped[str] = so.mapped_column(sa.String(200))
     task_type: so.Mapped[str] = so.mapped_column(sa.String(32))
     experiment_name: so.Mapped[str] = so.mapped_column(sa.String(200))

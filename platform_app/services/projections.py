@@ -144,7 +144,7 @@ def ensure_run(job: Job, tracking: TrackingService) -> str:
         return job.mlflow_run_id
     experiment_id = tracking.ensure_experiment(job.experiment_name)
     spec = RunSpec(
-        job_id=job.id, experiment_name=job.experiment_name, run_name=f"job-{job.id}",
+        job_id=job.id, job_uid=job.uid, run_name=f"job-{job.id}",
         tags={**{str(k): str(v) for k, v in job.tags.items()},
               "model_name": job.model_name, "task_type": job.task_type},
         params=dict(job.params))

@@ -23,6 +23,7 @@ from platform_app.metrics import sink_call
 from platform_app.services.errors import SinkRejected, SinkUnavailable
 
 JOB_ID_TAG = "platform.job_id"
+JOB_UID_TAG = "platform.job_uid"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_VALUE = 6000
@@ -42,7 +43,7 @@ def legal_metric_key(key: str) -> str:
 @dataclass(frozen=True)
 class RunSpec:
     job_id: int
-    experiment_name: str
+    job_uid: str
     run_name: str
     tags: dict[str, str]
     params: dict[str, str]
@@ -101,15 +102,15 @@ class TrackingService:
                 return self.client.get_experiment_by_name(name).experiment_id
 
     def ensure_run(self, spec: RunSpec, experiment_id: str) -> str:
-        """Find the job's run by tag or create it; safe to repeat after a crash between
-        creating the run and storing its id."""
+        """Find the job's run by its uid tag or create it; safe to repeat after a crash
+        between creating the run and storing its id."""
         with _classified("ensure_run"):
             found = self.client.search_runs(
-                [experiment_id], filter_string=f"tags.`{JOB_ID_TAG}` = '{spec.job_id}'",
+                [experiment_id], filter_string=f"tags.`{JOB_UID_TAG}` = '{spec.job_uid}'",
                 max_results=1)
             if found:
                 return found[0].info.run_id
-            tags = {**spec.tags, JOB_ID_TAG: str(spec.job_id)}
+            tags = {**spec.tags, JOB_ID_TAG: str(spec.job_id), JOB_UID_TAG: spec.job_uid}
             run = self.client.create_run(experiment_id, tags=tags, run_name=spec.run_name)
             params = [Param(k, _param_value(v)) for k, v in spec.params.items()]
             for start in range(0, len(params), MAX_PARAMS_PER_BATCH):

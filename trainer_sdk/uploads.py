@@ -1,0 +1,193 @@
+"""Checkpoint and artifact uploads through presigned URLs: the trainer never holds an
+object-store credential.
+
+1. Read the file once to get its size and sha256.
+2. Ask the platform for an upload (`…/get-upload-url`, with size and sha256). The answer is
+   either one presigned PUT (`upload_url` + the exact `headers` to send, which include the
+   signed length and `x-amz-checksum-sha256`) or, above the platform's threshold, a
+   multipart upload (`part_size` + one presigned URL per part).
+3. PUT the bytes. Parts go in parallel on a bounded pool; each part is retried on its own
+   (a fresh read of its byte range every time) and its `ETag` is kept.
+4. Tell the platform (`…/upload-complete` with sha256 and the part ETags); it verifies the
+   object and answers with its URI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainer_sdk.errors import APIError, SDKError, TransportError
+from trainer_sdk.sender import new_key
+from trainer_sdk.transport import MAX_RETRY_AFTER, Transport, backoff_delay
+
+log = logging.getLogger("trainer_sdk")
+
+CHUNK = 1 << 20
+SMALL_FILE = 8 << 20
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    path: Path
+    size: int
+    sha256: str
+
+
+def describe_file(path: str | os.PathLike) -> FileInfo:
+    """Size and sha256 of a regular file, read in 1 MiB chunks."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return FileInfo(path, size, digest.hexdigest())
+
+
+def safe_filename(name: str) -> str:
+    """A name the platform accepts (letters, digits, '.', '_', '-'; at most 128; starting
+    with a letter or digit): other characters become '_', the extension is kept."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip("._-") or "file"
+    if len(cleaned) > 128:
+        _, dot, ext = cleaned.rpartition(".")
+        ext = ("." + ext)[:16] if dot else ""
+        cleaned = cleaned[:128 - len(ext)] + ext
+    return cleaned
+
+
+class Uploader:
+    """Runs one upload at a time per call; parts of a multipart upload in parallel."""
+
+    def __init__(self, transport: Transport, job_id: int, *, workers: int = 4,
+                 part_attempts: int = 5, call_timeout: float = 30.0,
+                 base_delay: float = 0.5, max_delay: float = 15.0,
+                 cooldown: float = 120.0) -> None:
+        self._transport = transport
+        self._job_id = job_id
+        self.workers = max(1, int(workers))
+        self.part_attempts = max(1, int(part_attempts))
+        self.call_timeout = float(call_timeout)
+        self.base_delay = base_delay
+        self.max_delay = max_delay
+        self.cooldown = cooldown
+        self._degraded_until = 0.0
+
+    def upload(self, resource: str, info: FileInfo, fields: dict[str, Any],
+               complete_fields: dict[str, Any] | None = None) -> dict:
+        """Upload `info.path` as a `resource` ("checkpoint" or "artifacts"); returns the
+        upload-complete answer with `s3_uri` set. Raises SDKError subclasses."""
+        base = f"training/jobs/{self._job_id}/{resource}"
+        request = {**fields, "filename": safe_filename(info.path.name), "size": info.size,
+                   "sha256": info.sha256}
+        grant = self._call(f"{base}/get-upload-url", request)
+        started = time.monotonic()
+        if grant.get("upload_url"):
+            self._put_single(grant["upload_url"], grant.get("headers") or {}, info)
+            parts = None
+        elif grant.get("parts"):
+            parts = self._put_parts(grant, info)
+        else:
+            raise APIError(200, "BAD_UPLOAD_GRANT",
+                           "get-upload-url answered with neither upload_url nor parts",
+                           {"keys": sorted(grant)})
+        log.info("uploaded %s (%d bytes) in %.1f s", info.path.name, info.size,
+                 time.monotonic() - started)
+        body = {"upload_id": grant["upload_id"], "sha256": info.sha256}
+        if parts is not None:
+            body["parts"] = parts
+        body.update(complete_fields or {})
+        done = self._call(f"{base}/upload-complete", body)
+        done.setdefault("s3_uri", grant.get("s3_uri"))
+        return done
+
+    def _call(self, path: str, body: dict) -> dict:
+        """POST with retries until `call_timeout`; after a call failed for good, the next
+        ones for `cooldown` seconds get a single attempt, so a broken platform costs one
+        wait, not one per plot."""
+        now = time.monotonic()
+        deadline = now if now < self._degraded_until else now + self.call_timeout
+        try:
+            answer = self._transport.call(path, body, idempotency_key=new_key(),
+                                          deadline=deadline)
+        except APIError as exc:
+            if exc.transient:
+                self._degraded_until = time.monotonic() + self.cooldown
+            raise
+        except TransportError:
+            self._degraded_until = time.monotonic() + self.cooldown
+            raise
+        self._degraded_until = 0.0
+        return answer
+
+    def _put_single(self, url: str, headers: dict[str, str], info: FileInfo) -> None:
+        def attempt() -> None:
+            if info.size <= SMALL_FILE:  # bytes: also avoids chunked encoding for 0 bytes
+                self._transport.put(url, info.path.read_bytes(), dict(headers))
+                return
+            with open(info.path, "rb") as handle:  # streamed; a retry reopens it
+                self._transport.put(url, handle, dict(headers))
+        self._retry(attempt, f"{info.path.name}")
+
+    def _put_parts(self, grant: dict, info: FileInfo) -> list[dict]:
+        part_size = int(grant["part_size"])
+        parts = sorted(grant["parts"], key=lambda p: int(p["part_number"]))
+        if part_size <= 0 or (len(parts) - 1) * part_size >= max(info.size, 1):
+            raise APIError(200, "BAD_UPLOAD_GRANT",
+                           f"{len(parts)} parts of {part_size} bytes do not fit "
+                           f"{info.size} bytes", {})
+
+        def put_part(part: dict) -> dict:
+            number = int(part["part_number"])
+            start = (number - 1) * part_size
+            length = max(0, min(part_size, info.size - start))
+
+            def attempt() -> str:
+                with open(info.path, "rb") as handle:
+                    handle.seek(start)
+                    data = handle.read(length)
+                response = self._transport.put(part["url"], data, dict(part.get("headers") or {}))
+                etag = response.headers.get("ETag")
+                if not etag:
+                    raise TransportError(f"part {number}: the object store sent no ETag")
+                return etag
+
+            etag = self._retry(attempt, f"{info.path.name} part {number}/{len(parts)}")
+            return {"part_number": number, "etag": etag}
+
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(parts)),
+                                thread_name_prefix="trainer_sdk-upload") as pool:
+            return list(pool.map(put_part, parts))
+
+    def _retry(self, attempt, what: str):
+        """Run `attempt()` up to `part_attempts` times; transient errors back off
+        (honouring Retry-After), others raise at once."""
+        for number in range(1, self.part_attempts + 1):
+            try:
+                return attempt()
+            except APIError as exc:
+                if not exc.transient or number == self.part_attempts:
+                    raise
+                delay = exc.retry_after
+                error: SDKError = exc
+            except TransportError as exc:
+                if number == self.part_attempts:
+                    raise
+                delay, error = None, exc
+            if delay is None:
+                delay = backoff_delay(number, self.base_delay, self.max_delay)
+            delay = min(delay, MAX_RETRY_AFTER)
+            log.warning("upload of %s failed (%s); attempt %d of %d in %.1f s", what, error,
+                        number + 1, self.part_attempts, delay)
+            time.sleep(delay)
+        raise AssertionError("unreachable")
