@@ -71,38 +71,28 @@ class Settings:
         return cls(
             model=environ.get("MODEL", "").strip() or "yolov8n.yaml",
             data=environ.get("DATA", "").strip(),
-            epochs=_int(environ, "EPOCHS", 10, 1),
-            imgsz=_int(environ, "IMGSZ", 640, 32),
-            batch=_int(environ, "BATCH", 16, 1),
+            epochs=_number(environ, "EPOCHS", 10, 1),
+            imgsz=_number(environ, "IMGSZ", 640, 32),
+            batch=_number(environ, "BATCH", 16, 1),
             device=environ.get("DEVICE", "").strip() or "cpu",
-            workers=_int(environ, "WORKERS", 0, 0),
+            workers=_number(environ, "WORKERS", 0, 0),
             output_dir=Path(environ.get("OUTPUT_DIR", "").strip()
                             or Path("runs") / f"job-{job}").resolve(),
-            checkpoint_min_interval=_float(environ, "CHECKPOINT_MIN_INTERVAL", 60.0, 0.0),
+            checkpoint_min_interval=_number(environ, "CHECKPOINT_MIN_INTERVAL", 60.0, 0.0,
+                                            float),
         )
 
 
-def _int(environ, name: str, default: int, minimum: int) -> int:
+def _number(environ, name: str, default, minimum, kind: type = int):
+    """`kind` (int or float) from the variable `name`; a malformed value names it."""
     raw = environ.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _float(environ, name: str, default: float, minimum: float) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+        what = "a whole number" if kind is int else "a number"
+        raise SettingsError(f"{name} must be {what}, got {raw!r}") from None
     if value < minimum:
         raise SettingsError(f"{name} must be >= {minimum}, got {value}")
     return value
