@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import click
+import flask_migrate
 from flask import Flask, Response, request
 
 from platform_app import metrics
 from platform_app.config import Config
 from platform_app.errors import register_error_handlers
-from platform_app.extensions import celery_init_app, db, rest_api, sock
+from platform_app.extensions import celery_init_app, db, migrate, rest_api, sock
 from platform_app.services.events import LiveHub
 from platform_app.services.storage import ObjectStore
 from platform_app.services.tracking import TrackingService
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 
 def create_app(config: Config | None = None) -> Flask:
@@ -23,6 +27,7 @@ def create_app(config: Config | None = None) -> Flask:
     _configure_logging(app)
 
     db.init_app(app)
+    migrate.init_app(app, db, directory=str(MIGRATIONS))
     rest_api.init_app(app)
     from platform_app.api import callbacks, events, jobs, uploads, validation
     for module in (jobs, callbacks, uploads, validation, events):
@@ -66,11 +71,11 @@ def _configure_logging(app: Flask) -> None:
 
 
 def init_platform(app: Flask, bucket: bool = True) -> list[str]:
-    """Create what the platform needs and is missing: tables and the bucket. Run once
-    before starting several processes. (Schema changes will need migrations; see README.)"""
+    """Bring the schema to the newest migration and create the bucket if missing. Run once
+    before starting several processes, and after every upgrade."""
     with app.app_context():
-        db.create_all()
-        done = ["database tables are in place"]
+        flask_migrate.upgrade(directory=str(MIGRATIONS))
+        done = ["database schema is at the newest migration"]
         if bucket:
             created = app.extensions["storage"].ensure_bucket()
             done.append(f"bucket {app.config['S3_BUCKET']} {'created' if created else 'exists'}")

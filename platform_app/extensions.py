@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from celery import Celery, Task
 from flask import Flask
+from flask_migrate import Migrate
 from flask_smorest import Api
 from flask_sock import Sock
 from flask_sqlalchemy import SQLAlchemy
@@ -18,6 +19,8 @@ class Base(DeclarativeBase):
 
 db = SQLAlchemy(model_class=Base)
 rest_api = Api()
+# render_as_batch: SQLite can only ALTER a table by copying it; Alembic's batch mode does that
+migrate = Migrate(render_as_batch=True)
 sock = Sock()
 
 

@@ -118,8 +118,7 @@ def api_config(tmp_path: Path, redis_url: str) -> Config:
 @pytest.fixture()
 def api_app(api_config: Config):
     app = create_app(api_config)
-    with app.app_context():
-        db.create_all()
+    init_platform(app, bucket=False)
     yield app
     with app.app_context():
         db.engine.dispose()

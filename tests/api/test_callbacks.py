@@ -203,15 +203,14 @@ def test_callback_for_unknown_job_is_404(api, api_config):
 
 def test_callbacks_are_accepted_while_the_broker_is_down(api_config, tmp_path):
     """The outbox keeps the event; the sweeper announces it once the broker is back."""
-    from platform_app import create_app
+    from platform_app import create_app, init_platform
     from platform_app.devstack import free_port
     from tests.conftest import ApiActions
 
     down = f"redis://127.0.0.1:{free_port()}/0"
     config = api_config.replace(CELERY_BROKER_URL=down, REDIS_URL=down)
     app = create_app(config)
-    with app.app_context():
-        db.create_all()
+    init_platform(app, bucket=False)
     api = ApiActions(app.test_client(), config)
     job = api.create_job()
     body = api.callback(job, "progress", PROGRESS).get_json()
