@@ -52,6 +52,11 @@ status:
 demo: up trainer-env
 	$(PY) scripts/demo.py
 
+# Not part of `make test`: minutes of load on a private stack; prints a table and writes
+# .run/bench/latest.json. `make bench BENCH_ARGS=--quick` for a short sanity run.
+bench: install
+	$(PY) -m bench $(BENCH_ARGS)
+
 lint: install
 	$(VENV)/bin/ruff check .
 

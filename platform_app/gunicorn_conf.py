@@ -13,7 +13,7 @@ from platform_app.metrics import archive_dead_process, clear_directory
 bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
-threads = int(os.environ.get("GUNICORN_THREADS", "64"))
+threads = int(os.environ.get("GUNICORN_THREADS", "128"))
 keepalive = 5
 timeout = 60
 graceful_timeout = 20
