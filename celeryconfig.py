@@ -15,7 +15,9 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 # Task events for Flower.
 worker_send_task_events = True
-task_send_sent_event = True
+# No "task-sent" event: one more Redis publish on every request, for a state Flower
+# also learns from the worker's own task-received event.
+task_send_sent_event = False
 # The request path enqueues after commit; if the broker is down it must give up quickly
 # (the outbox sweeper re-enqueues) rather than hold the HTTP request.
 task_publish_retry = True

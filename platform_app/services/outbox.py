@@ -56,17 +56,22 @@ def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | N
     transaction once the event has its id: it updates the job (or other rows) and may raise
     APIError to refuse the callback, which then leaves nothing behind."""
     digest = request_hash(kind, payload)
-    if idempotency_key:
-        earlier = _replay(job_id, idempotency_key, digest)
-        if earlier is not None:
-            return earlier
     job = db.session.get(Job, job_id, with_for_update=True)
     if job is None:
         raise APIError.not_found("job", job_id=job_id)
     event = Event(job_id=job_id, kind=kind, payload=payload,
                   idempotency_key=idempotency_key, request_hash=digest)
     db.session.add(event)
-    db.session.flush()
+    try:
+        # A repeated Idempotency-Key is rare: the unique constraint finds it, instead of a
+        # look-up on every request.
+        db.session.flush()
+    except IntegrityError:
+        db.session.rollback()
+        earlier = _replay(job_id, idempotency_key, digest) if idempotency_key else None
+        if earlier is None:
+            raise
+        return earlier
     try:
         if apply is not None:
             apply(job, event)
@@ -75,6 +80,9 @@ def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | N
         raise
     event.response = {"event_id": event.id, "job_id": job_id, "kind": kind.value,
                       "job_status": job.status.value, **(event.response or {})}
+    # Read now what is needed after the commit: the commit expires every ORM object, and
+    # touching one afterwards costs a new transaction (pool ping, BEGIN, SELECT, ROLLBACK).
+    body, announcement, message = event.response, Announcement.of(event), events.message_of(event)
     try:
         db.session.commit()
     except IntegrityError:
@@ -84,10 +92,10 @@ def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | N
         if earlier is None:
             raise
         return earlier
-    announce(event)
+    send(announcement)
     CALLBACKS_ACCEPTED.labels(kind.value).inc()
-    events.publish(current_app.config["REDIS_URL"], [events.message_of(event)])
-    return Accepted(body=event.response, replayed=False)
+    events.publish(current_app.config["REDIS_URL"], [message])
+    return Accepted(body=body, replayed=False)
 
 
 def _replay(job_id: int, key: str, digest: str) -> Accepted | None:
@@ -104,17 +112,36 @@ def _replay(job_id: int, key: str, digest: str) -> Accepted | None:
     return Accepted(body=earlier.response, replayed=True)
 
 
+@dataclass(frozen=True)
+class Announcement:
+    """An event's projection task as plain values, usable after the commit."""
+
+    task: str
+    event_id: int
+    job_id: int
+    task_id: str
+
+    @classmethod
+    def of(cls, event: Event) -> Announcement:
+        return cls(TASK_BY_KIND[event.kind], event.id, event.job_id, event.task_id)
+
+
 def announce(event: Event) -> bool:
+    return send(Announcement.of(event))
+
+
+def send(announcement: Announcement) -> bool:
     """Enqueue the projection task for an event; a broker failure is logged, not raised:
     the event is already safe in the DB and the sweeper will announce it again."""
     try:
         # job_id travels as a keyword only so that Flower shows which job a task serves
-        celery_app.send_task(TASK_BY_KIND[event.kind], args=[event.id],
-                             kwargs={"job_id": event.job_id}, task_id=event.task_id)
+        celery_app.send_task(announcement.task, args=[announcement.event_id],
+                             kwargs={"job_id": announcement.job_id},
+                             task_id=announcement.task_id)
         return True
     except Exception as exc:  # kombu raises several unrelated types for an unreachable broker
-        job_logger(__name__, event.job_id).warning(
-            "event %s stays pending, broker unreachable: %s", event.id, exc)
+        job_logger(__name__, announcement.job_id).warning(
+            "event %s stays pending, broker unreachable: %s", announcement.event_id, exc)
         return False
 
 

@@ -128,9 +128,10 @@ def project_job_metrics(job_id: int, tracking: TrackingService) -> list[int]:
             if completion is not None:
                 tracking.finish_run(run_id, completion.payload["status"],
                                     completion.accepted_ms)
-            claim([e.id for e in events])
+            ids = [e.id for e in events]  # before the commit expires them: one SELECT each
+            claim(ids)
             db.session.commit()
-            projected.extend(e.id for e in events)
+            projected.extend(ids)
             renew_lock()
             logger.info("projected %d events into MLflow run %s in %d requests",
                         len(events), run_id, requests)
