@@ -98,11 +98,11 @@ def _stream(ws, job: Job, since: int | None, subscription) -> None:
             _send(ws, {"type": "resync", "job_id": job.id, "event_id": delivered,
                        "data": {"reason": "this socket fell behind; reconnect with since"}})
             return
-        if message["type"] in CALLBACK_TYPES:
-            if message["event_id"] <= delivered:
+        if message.data["type"] in CALLBACK_TYPES:
+            if message.data["event_id"] <= delivered:
                 continue  # already sent by the replay
-            delivered = message["event_id"]
-        _send(ws, message)
+            delivered = message.data["event_id"]
+        ws.send(message.text)
 
 
 def _replay(ws, job_id: int, since: int) -> int:

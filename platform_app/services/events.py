@@ -16,6 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import redis
 
@@ -67,6 +68,12 @@ def publish(redis_url: str, messages: Iterable[dict]) -> None:
 
 
 RESYNC = object()
+
+
+@dataclass(frozen=True)
+class LiveMessage:
+    data: dict
+    text: str
 
 
 class Subscription:
@@ -150,9 +157,11 @@ class LiveHub:
         with self._lock:
             subscribers = list(self._subscriptions.get(job_id, ()))
         if subscribers:
-            data = json.loads(message["data"])
+            # parsed once for the sockets' bookkeeping; the text as published is what they
+            # send, so a hundred sockets do not serialize the same message a hundred times
+            live = LiveMessage(json.loads(message["data"]), message["data"].decode())
             for subscription in subscribers:
-                subscription.offer(data)
+                subscription.offer(live)
 
     def _resync_all(self) -> None:
         with self._lock:
