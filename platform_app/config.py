@@ -73,7 +73,7 @@ class Config:
     UPLOAD_URL_EXPIRY_SECONDS: int = setting(3600, minimum=1)
     DOWNLOAD_URL_EXPIRY_SECONDS: int = setting(3600, minimum=1)
     MULTIPART_THRESHOLD_BYTES: int = setting(64 * 1024 ** 2, minimum=5 * 1024 ** 2)
-    MULTIPART_PART_SIZE_BYTES: int = setting(16 * 1024 ** 2, minimum=5 * 1024 ** 2)
+    MULTIPART_PART_SIZE_BYTES: int = setting(8 * 1024 ** 2, minimum=5 * 1024 ** 2)
     MAX_UPLOAD_BYTES: int = setting(100 * 1024 ** 3, minimum=1)
     PUBLIC_BASE_URL: str = ""  # default: the host the request came to
     CALLBACK_TOKEN_TTL_SECONDS: int = setting(7 * 24 * 3600, minimum=60)

@@ -60,7 +60,7 @@ class Client:
                  spool_dir: str | os.PathLike | None = None,
                  log_batch_lines: int = 500, log_interval: float = 2.0,
                  spool_after: float = 5.0, close_timeout: float = 30.0,
-                 upload_workers: int = 4, retry_base_delay: float = 0.5,
+                 upload_workers: int = 8, retry_base_delay: float = 0.5,
                  retry_max_delay: float = 30.0, call_timeout: float = 30.0) -> None:
         if not isinstance(callback_url, str) or not re.match(r"^https?://[^/]+", callback_url):
             raise ValueError(f"callback_url must be an http(s) URL, got {callback_url!r}")

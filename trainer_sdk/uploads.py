@@ -69,7 +69,7 @@ def safe_filename(name: str) -> str:
 class Uploader:
     """Runs one upload at a time per call; parts of a multipart upload in parallel."""
 
-    def __init__(self, transport: Transport, job_id: int, *, workers: int = 4,
+    def __init__(self, transport: Transport, job_id: int, *, workers: int = 8,
                  part_attempts: int = 5, call_timeout: float = 30.0,
                  base_delay: float = 0.5, max_delay: float = 15.0,
                  cooldown: float = 120.0) -> None:
