@@ -66,12 +66,8 @@ def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | N
         # A repeated Idempotency-Key is rare: the unique constraint finds it, instead of a
         # look-up on every request.
         db.session.flush()
-    except IntegrityError:
-        db.session.rollback()
-        earlier = _replay(job_id, idempotency_key, digest) if idempotency_key else None
-        if earlier is None:
-            raise
-        return earlier
+    except IntegrityError as error:
+        return _answer_as_before(job_id, idempotency_key, digest, error)
     try:
         if apply is not None:
             apply(job, event)
@@ -85,17 +81,22 @@ def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | N
     body, announcement, message = event.response, Announcement.of(event), events.message_of(event)
     try:
         db.session.commit()
-    except IntegrityError:
-        # Another request with the same key won the race: answer as it did.
-        db.session.rollback()
-        earlier = _replay(job_id, idempotency_key, digest) if idempotency_key else None
-        if earlier is None:
-            raise
-        return earlier
+    except IntegrityError as error:
+        return _answer_as_before(job_id, idempotency_key, digest, error)
     send(announcement)
     CALLBACKS_ACCEPTED.labels(kind.value).inc()
     events.publish(current_app.config["REDIS_URL"], [message])
     return Accepted(body=body, replayed=False)
+
+
+def _answer_as_before(job_id: int, key: str | None, digest: str,
+                      error: IntegrityError) -> Accepted:
+    """The key was used before (or by a concurrent request that won): its first answer."""
+    db.session.rollback()
+    earlier = _replay(job_id, key, digest) if key else None
+    if earlier is None:
+        raise error
+    return earlier
 
 
 def _replay(job_id: int, key: str, digest: str) -> Accepted | None:
