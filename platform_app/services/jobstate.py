@@ -9,17 +9,15 @@ accepted (a trainer flushes them around its last callbacks).
 
 from __future__ import annotations
 
-import logging
 from datetime import timedelta
 
 import sqlalchemy as sa
 
 from platform_app.errors import APIError
 from platform_app.extensions import db
+from platform_app.joblog import job_logger
 from platform_app.models import Event, EventKind, Job, JobStatus, utcnow
 from platform_app.services import outbox
-
-log = logging.getLogger(__name__)
 
 
 def refuse_if_finished(job: Job) -> None:
@@ -82,5 +80,5 @@ def cancel_silent_jobs(grace_s: float) -> int:
                           apply_completion)
         except APIError:  # the trainer's own completion won the race
             continue
-        log.info("[job %s] cancelled by the platform after the grace period", job_id)
+        job_logger(__name__, job_id).info("cancelled by the platform after the grace period")
     return len(silent)
