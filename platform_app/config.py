@@ -59,6 +59,7 @@ class Config:
     OPERATOR_API_KEY: str
     PLATFORM_DATA_DIR: str = ".run"
     DATABASE_URL: str = ""  # default: SQLite in PLATFORM_DATA_DIR
+    DB_POOL_SIZE: int = setting(16, minimum=1)  # per process; PostgreSQL only
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
     CELERY_BROKER_URL: str = ""  # default: REDIS_URL
     MLFLOW_TRACKING_URI: str = "http://127.0.0.1:5000"
@@ -126,7 +127,7 @@ class Config:
         settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         settings.update(
             SQLALCHEMY_DATABASE_URI=self.DATABASE_URL,
-            SQLALCHEMY_ENGINE_OPTIONS=_engine_options(self.DATABASE_URL),
+            SQLALCHEMY_ENGINE_OPTIONS=_engine_options(self.DATABASE_URL, self.DB_POOL_SIZE),
             API_TITLE="Training callback platform",
             API_VERSION="v1",
             OPENAPI_VERSION="3.0.3",
@@ -136,9 +137,11 @@ class Config:
         return settings
 
 
-def _engine_options(url: str) -> dict:
-    """SQLite waits for the writer lock instead of failing at once; PostgreSQL keeps a
-    small pool per process and drops dead connections before use (after a DB restart)."""
+def _engine_options(url: str, pool_size: int) -> dict:
+    """SQLite waits for the writer lock instead of failing at once. PostgreSQL keeps a pool
+    per process as large as the requests it runs at once — a connection opened beyond it is
+    closed again after one request, and opening one costs more than the request — and drops
+    dead connections before use (after a DB restart)."""
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30}}
-    return {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
+    return {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": pool_size}
