@@ -37,12 +37,14 @@ def backoff(attempts: int, base_s: float, cap_s: float) -> float:
 
 
 def run_projection(task: Task, event_id: int,
-                   project: Callable[[Event], list[int] | dict | None]) -> None:
+                   project: Callable[[Event], list[int] | dict | None]) -> bool:
     """`project` returns what to announce: the ids of the events it projected (a batch), or
-    details about this event (e.g. an upload's verdict)."""
+    details about this event (e.g. an upload's verdict). Returns False when the event was
+    no longer pending (a duplicate delivery, or failed for good) and nothing was done."""
     event = db.session.get(Event, event_id)
     if event is None or event.state != EventState.PENDING:
-        return  # already projected (a duplicate delivery) or failed for good
+        db.session.rollback()  # the next look-up must see what others committed meanwhile
+        return False
     logger = job_logger(task.name, event.job_id)
     config = current_app.config
     try:
@@ -60,7 +62,7 @@ def run_projection(task: Task, event_id: int,
                                          retry_in_s=delay)
         if attempts >= config["OUTBOX_MAX_ATTEMPTS"]:
             logger.error("event %s failed after %d attempts: %s", event_id, attempts, exc)
-            return
+            return True
         logger.warning("event %s attempt %d failed, retrying in %.1f s: %s",
                        event_id, attempts, delay, exc)
         raise task.retry(countdown=delay, exc=exc) from exc
@@ -69,6 +71,7 @@ def run_projection(task: Task, event_id: int,
         outbox.record_failure(event_id, str(exc), retryable=False, max_attempts=1,
                               retry_in_s=0)
         logger.error("event %s refused by its sink: %s", event_id, exc)
+    return True
 
 
 def announce_projected(event: Event, outcome: list[int] | dict | None) -> None:
@@ -84,10 +87,21 @@ def announce_projected(event: Event, outcome: list[int] | dict | None) -> None:
 
 @shared_task(name="metrics.project_job", **PROJECTION)
 def project_job_metrics(self: Task, event_id: int, job_id: int | None = None) -> None:
-    """Progress and completion events of the event's job → its MLflow run."""
+    """Progress and completion events of the event's job → its MLflow run. One queued task
+    stands for every callback of its job accepted before it starts (outbox.tell), so it
+    projects whatever is pending — also when its own event went out with another batch."""
+    if job_id is None:  # announced without it: look it up
+        job_id = db.session.scalar(sa.select(Event.job_id).where(Event.id == event_id))
+        if job_id is None:
+            return
+    outbox.task_started(job_id)
     tracking = current_app.extensions["tracking"]
-    run_projection(self, event_id,
-                   lambda event: projections.project_job_metrics(event.job_id, tracking))
+    # The anchor is the event attempts are counted on; another worker may project it between
+    # this look-up and the claim, and then this task looks again.
+    while (anchor := projections.oldest_pending_metrics_event(job_id)) is not None:
+        if run_projection(self, anchor,
+                          lambda event: projections.project_job_metrics(job_id, tracking)):
+            return
 
 
 @shared_task(name="logs.project", **PROJECTION)

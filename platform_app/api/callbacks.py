@@ -22,12 +22,12 @@ bp = Blueprint("callbacks", __name__, url_prefix=f"{URL_PREFIX}/training",
 MAX_IDEMPOTENCY_KEY = 255
 
 
-def accept(job_id: int, kind: EventKind, payload: dict, apply=None):
+def accept(job_id: int, kind: EventKind, payload: dict, rule: outbox.Rule | None = None):
     key = request.headers.get("Idempotency-Key") or None
     if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
         raise APIError.validation("Idempotency-Key",
                                   f"must be at most {MAX_IDEMPOTENCY_KEY} characters")
-    accepted = outbox.accept(job_id, kind, payload, key, apply)
+    accepted = outbox.accept(job_id, kind, payload, key, rule)
     return accepted.body, 202, {"Idempotent-Replayed": str(accepted.replayed).lower()}
 
 

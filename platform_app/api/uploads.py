@@ -15,7 +15,7 @@ from platform_app.api.jobs import get_job
 from platform_app.auth import require_job_token, require_operator
 from platform_app.errors import APIError
 from platform_app.extensions import db
-from platform_app.models import Event, EventKind, Job, Upload, UploadPurpose, UploadStatus
+from platform_app.models import Event, EventKind, Upload, UploadPurpose, UploadStatus
 from platform_app.schemas import (
     AcceptedSchema,
     ArtifactUploadRequestSchema,
@@ -23,7 +23,7 @@ from platform_app.schemas import (
     UploadCompleteSchema,
     UploadSchema,
 )
-from platform_app.services import uploads
+from platform_app.services import outbox, uploads
 
 bp = Blueprint("uploads", __name__, url_prefix=f"{URL_PREFIX}/training",
                description="Checkpoint and artifact uploads through presigned URLs")
@@ -62,7 +62,7 @@ def _complete(job_id: int, purpose: UploadPurpose, data: dict):
                        {"upload_id": data["upload_id"]})
     if upload.complete_event_id is not None:
         earlier = db.session.get(Event, upload.complete_event_id)
-        return earlier.response, 202, {"Idempotent-Replayed": "true"}
+        return outbox.body_of(earlier.id, earlier.response), 202, {"Idempotent-Replayed": "true"}
     if upload.status != UploadStatus.PENDING:
         raise APIError("CONFLICT", f"upload {upload.upload_id} is {upload.status.value}",
                        {"upload_id": upload.upload_id, "status": upload.status.value})
@@ -71,10 +71,13 @@ def _complete(job_id: int, purpose: UploadPurpose, data: dict):
     if bool(upload.s3_upload_id) != bool(data.get("parts")):
         raise APIError.validation("parts", "are required for a multipart upload and only then")
 
-    def link(job: Job, event: Event) -> None:
-        upload.complete_event_id = event.id
-        event.response = {"upload_id": upload.upload_id,
-                          "s3_uri": uploads.get_store().uri(upload.key)}
+    def link(job: sa.Row, payload: dict) -> outbox.Effect:
+        def record(event_id: int) -> None:
+            upload.complete_event_id = event_id
+
+        return outbox.Effect(response={"upload_id": upload.upload_id,
+                                       "s3_uri": uploads.get_store().uri(upload.key)},
+                             on_inserted=record)
 
     return accept(job_id, EventKind.UPLOAD, {**data, "purpose": purpose.value}, link)
 

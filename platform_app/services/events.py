@@ -56,12 +56,16 @@ def projected_message(event: Event, details: dict | None = None) -> dict:
             "data": {"kind": event.kind.value, "state": event.state.value, **(details or {})}}
 
 
+def publish_on(pipe: redis.client.Pipeline, message: dict) -> None:
+    pipe.publish(channel(message["job_id"]), json.dumps(message, separators=(",", ":")))
+
+
 def publish(redis_url: str, messages: Iterable[dict]) -> None:
     """Best effort: a lost publish is recovered by a reconnect with `since`."""
     try:
         pipe = redis_client(redis_url).pipeline(transaction=False)
         for message in messages:
-            pipe.publish(channel(message["job_id"]), json.dumps(message, separators=(",", ":")))
+            publish_on(pipe, message)
         pipe.execute()
     except redis.RedisError as exc:
         log.warning("live events not published (Redis unavailable): %s", exc)

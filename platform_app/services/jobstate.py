@@ -16,44 +16,40 @@ import sqlalchemy as sa
 from platform_app.errors import APIError
 from platform_app.extensions import db
 from platform_app.joblog import job_logger
-from platform_app.models import Event, EventKind, Job, JobStatus, utcnow
+from platform_app.models import EventKind, Job, JobStatus, utcnow
 from platform_app.services import outbox
 
 
-def refuse_if_finished(job: Job) -> None:
-    if job.finished:
+def refuse_if_finished(job: Job | sa.Row) -> None:
+    if job.status.finished:
         raise APIError("JOB_FINISHED", f"job {job.id} has already finished ({job.status.value})",
                        {"job_id": job.id, "status": job.status.value})
 
 
-def apply_progress(job: Job, event: Event) -> None:
-    payload = event.payload
+def checkpoint_pointers(payload: dict) -> dict:
+    return {field: payload[field] for field in ("best_checkpoint_path", "last_checkpoint_path")
+            if payload.get(field)}
+
+
+def apply_progress(job: sa.Row, payload: dict) -> outbox.Effect:
     refuse_if_finished(job)
+    changes = checkpoint_pointers(payload)
     if job.status == JobStatus.PENDING:
-        job.status = JobStatus.RUNNING
-        job.started_at = utcnow()
-    event.response = {"stop_requested": job.status == JobStatus.STOPPING}
+        changes.update(status=JobStatus.RUNNING, started_at=utcnow())
     if job.current_epoch is None or payload["current_epoch"] >= job.current_epoch:
-        job.current_epoch = payload["current_epoch"]
-        job.latest_metrics = payload["metrics"]
+        changes.update(current_epoch=payload["current_epoch"], latest_metrics=payload["metrics"])
     if payload.get("total_epochs"):
-        job.total_epochs = payload["total_epochs"]
-    for field in ("best_checkpoint_path", "last_checkpoint_path"):
-        if payload.get(field):
-            setattr(job, field, payload[field])
+        changes["total_epochs"] = payload["total_epochs"]
+    return outbox.Effect(changes, {"stop_requested": job.status == JobStatus.STOPPING})
 
 
-def apply_completion(job: Job, event: Event) -> None:
-    payload = event.payload
+def apply_completion(job: sa.Row, payload: dict) -> outbox.Effect:
     refuse_if_finished(job)
-    job.status = JobStatus(payload["status"])
-    job.finished_at = utcnow()
-    job.started_at = job.started_at or job.finished_at
-    job.final_metrics = payload["final_metrics"]
-    job.error_message = payload.get("error_message")
-    for field in ("best_checkpoint_path", "last_checkpoint_path"):
-        if payload.get(field):
-            setattr(job, field, payload[field])
+    finished_at = utcnow()
+    return outbox.Effect({
+        "status": JobStatus(payload["status"]), "finished_at": finished_at,
+        "started_at": job.started_at or finished_at, "final_metrics": payload["final_metrics"],
+        "error_message": payload.get("error_message"), **checkpoint_pointers(payload)})
 
 
 def request_cancel(job: Job) -> None:

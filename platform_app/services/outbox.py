@@ -13,9 +13,10 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
+import redis
 import sqlalchemy as sa
 from celery import current_app as celery_app
 from flask import current_app
@@ -27,9 +28,11 @@ from platform_app.joblog import job_logger
 from platform_app.metrics import CALLBACKS_ACCEPTED
 from platform_app.models import Event, EventKind, EventState, Job, utcnow
 from platform_app.services import events
+from platform_app.services.redis_client import redis_client
 
 log = logging.getLogger(__name__)
 
+QUEUED_FLAG_TTL_S = 30
 TASK_BY_KIND = {
     EventKind.PROGRESS: "metrics.project_job",
     EventKind.COMPLETION: "metrics.project_job",
@@ -37,6 +40,7 @@ TASK_BY_KIND = {
     EventKind.VALIDATION: "validation.project",
     EventKind.UPLOAD: "uploads.finalize",
 }
+COALESCED_TASKS = frozenset({"metrics.project_job"})
 
 
 @dataclass(frozen=True)
@@ -45,48 +49,77 @@ class Accepted:
     replayed: bool
 
 
+@dataclass(frozen=True)
+class Effect:
+    """What a callback does besides adding its event: decided under the job's row lock by
+    the callback kind's rule (services/jobstate.py), written in the same transaction."""
+
+    job_changes: dict = field(default_factory=dict)  # jobs column → new value
+    response: dict = field(default_factory=dict)  # extra fields of the 202 body
+    on_inserted: Callable[[int], None] | None = None  # gets the event id (e.g. link a row)
+
+
+# The job columns a rule may look at: read with FOR UPDATE so that concurrent callbacks of one
+# job apply their rules one after the other.
+JOB_FOR_RULES = (sa.select(Job.id, Job.status, Job.current_epoch, Job.started_at)
+                 .where(Job.id == sa.bindparam("job_id")).with_for_update())
+Rule = Callable[[sa.Row, dict], Effect]
+
+
 def request_hash(kind: EventKind, payload: dict) -> str:
     canonical = json.dumps([kind.value, payload], sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def body_of(event_id: int, response: dict) -> dict:
+    """A 202 body: the stored response holds all of it but the event's own id (unknown until
+    the row is inserted), so a replayed answer is built the same way as the first."""
+    return {"event_id": event_id, **response}
+
+
 def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | None,
-           apply: Callable[[Job, Event], None] | None = None) -> Accepted:
-    """Persist one callback and announce it. `apply(job, event)` runs in the same
-    transaction once the event has its id: it updates the job (or other rows) and may raise
-    APIError to refuse the callback, which then leaves nothing behind."""
+           rule: Rule | None = None) -> Accepted:
+    """Persist one callback and announce it, in one short transaction of plain statements
+    (the ORM's unit of work cost more CPU than everything else on this path). `rule(job,
+    payload)` decides the callback's effect or raises APIError to refuse it, which then
+    leaves nothing behind."""
     digest = request_hash(kind, payload)
-    job = db.session.get(Job, job_id, with_for_update=True)
+    connection = db.session.connection()
+    job = connection.execute(JOB_FOR_RULES, {"job_id": job_id}).one_or_none()
     if job is None:
         raise APIError.not_found("job", job_id=job_id)
-    event = Event(job_id=job_id, kind=kind, payload=payload,
-                  idempotency_key=idempotency_key, request_hash=digest)
-    db.session.add(event)
+    try:
+        effect = rule(job, payload) if rule is not None else Effect()
+    except APIError:
+        # A retried callback whose first attempt moved the job on (a completion) gets its
+        # first answer, not the refusal its second attempt would earn.
+        earlier = _replay(job_id, idempotency_key, digest) if idempotency_key else None
+        db.session.rollback()
+        if earlier is None:
+            raise
+        return earlier
+    status = effect.job_changes.get("status", job.status)
+    response = {"job_id": job_id, "kind": kind.value, "job_status": status.value,
+                **effect.response}
     try:
         # A repeated Idempotency-Key is rare: the unique constraint finds it, instead of a
         # look-up on every request.
-        db.session.flush()
+        event = connection.execute(sa.insert(Event).values(
+            job_id=job_id, kind=kind, payload=payload, idempotency_key=idempotency_key,
+            request_hash=digest, response=response).returning(*Event.__table__.c)).one()
     except IntegrityError as error:
         return _answer_as_before(job_id, idempotency_key, digest, error)
-    try:
-        if apply is not None:
-            apply(job, event)
-    except APIError:
-        db.session.rollback()
-        raise
-    event.response = {"event_id": event.id, "job_id": job_id, "kind": kind.value,
-                      "job_status": job.status.value, **(event.response or {})}
-    # Read now what is needed after the commit: the commit expires every ORM object, and
-    # touching one afterwards costs a new transaction (pool ping, BEGIN, SELECT, ROLLBACK).
-    body, announcement, message = event.response, Announcement.of(event), events.message_of(event)
+    if effect.job_changes:
+        connection.execute(sa.update(Job).where(Job.id == job_id).values(effect.job_changes))
+    if effect.on_inserted is not None:
+        effect.on_inserted(event.id)
     try:
         db.session.commit()
     except IntegrityError as error:
         return _answer_as_before(job_id, idempotency_key, digest, error)
-    send(announcement)
     CALLBACKS_ACCEPTED.labels(kind.value).inc()
-    events.publish(current_app.config["REDIS_URL"], [message])
-    return Accepted(body=body, replayed=False)
+    tell(Announcement.of(event), events.message_of(event))
+    return Accepted(body=body_of(event.id, response), replayed=False)
 
 
 def _answer_as_before(job_id: int, key: str | None, digest: str,
@@ -101,7 +134,7 @@ def _answer_as_before(job_id: int, key: str | None, digest: str,
 
 def _replay(job_id: int, key: str, digest: str) -> Accepted | None:
     earlier = db.session.execute(
-        sa.select(Event.request_hash, Event.response)
+        sa.select(Event.id, Event.request_hash, Event.response)
         .where(Event.job_id == job_id, Event.idempotency_key == key)
     ).first()
     if earlier is None:
@@ -110,7 +143,7 @@ def _replay(job_id: int, key: str, digest: str) -> Accepted | None:
         raise APIError("IDEMPOTENCY_KEY_REUSED",
                        "this Idempotency-Key was used with a different request",
                        {"idempotency_key": key})
-    return Accepted(body=earlier.response, replayed=True)
+    return Accepted(body=body_of(earlier.id, earlier.response), replayed=True)
 
 
 @dataclass(frozen=True)
@@ -144,6 +177,44 @@ def send(announcement: Announcement) -> bool:
         job_logger(__name__, announcement.job_id).warning(
             "event %s stays pending, broker unreachable: %s", announcement.event_id, exc)
         return False
+
+
+def queued_flag(job_id: int) -> str:
+    return f"platform:queued:metrics_task:{job_id}"
+
+
+def tell(announcement: Announcement, message: dict) -> None:
+    """After the commit: enqueue the event's projection and publish it live, with one Redis
+    round trip. A metrics task projects every pending event of its job, so while one is
+    queued for the job a callback needs none: a flag (set if absent, cleared by the task
+    when it starts) says so, which keeps the queue — and the workers — to one message per
+    job per batch instead of one per callback under load. The flag expires, so a task lost
+    with its broker holds back a job's announcements for QUEUED_FLAG_TTL_S at most (the
+    sweeper re-announces its events meanwhile)."""
+    coalesced = announcement.task in COALESCED_TASKS
+    queue_it = True
+    try:
+        pipe = redis_client(current_app.config["REDIS_URL"]).pipeline(transaction=False)
+        if coalesced:
+            pipe.set(queued_flag(announcement.job_id), announcement.event_id, nx=True,
+                     ex=QUEUED_FLAG_TTL_S)
+        events.publish_on(pipe, message)
+        replies = pipe.execute()
+        queue_it = bool(replies[0]) if coalesced else True
+    except redis.RedisError as exc:
+        job_logger(__name__, announcement.job_id).warning(
+            "event %s not published live (Redis unavailable): %s", announcement.event_id, exc)
+    if queue_it:
+        send(announcement)
+
+
+def task_started(job_id: int) -> None:
+    """A metrics task clears its job's flag before it reads the pending events, so that a
+    callback committed after that read queues a task of its own."""
+    try:
+        redis_client(current_app.config["REDIS_URL"]).delete(queued_flag(job_id))
+    except redis.RedisError as exc:  # the flag expires by itself
+        job_logger(__name__, job_id).warning("queued-task flag not cleared: %s", exc)
 
 
 def record_failure(event_id: int, error: str, *, retryable: bool, max_attempts: int,

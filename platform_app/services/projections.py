@@ -100,6 +100,19 @@ def _finite_or_none(value: float | str | None) -> float | None:
     return None if value is None or isinstance(value, str) else float(value)
 
 
+METRICS_KINDS = (EventKind.PROGRESS, EventKind.COMPLETION)
+
+
+def pending_metrics_events(job_id: int) -> sa.Select:
+    return (sa.select(Event).where(Event.job_id == job_id, Event.state == EventState.PENDING,
+                                   Event.kind.in_(METRICS_KINDS)).order_by(Event.id))
+
+
+def oldest_pending_metrics_event(job_id: int) -> int | None:
+    """The event a metrics task counts its attempts on."""
+    return db.session.scalar(pending_metrics_events(job_id).with_only_columns(Event.id).limit(1))
+
+
 def project_job_metrics(job_id: int, tracking: TrackingService) -> list[int]:
     """Write every pending progress/completion event of a job to its MLflow run, oldest
     first, in as few `log_batch` calls as MLflow's limits allow. One worker at a time per
@@ -112,12 +125,7 @@ def project_job_metrics(job_id: int, tracking: TrackingService) -> list[int]:
         job = db.session.get(Job, job_id)
         run_id = ensure_run(job, tracking)
         while True:
-            events = db.session.scalars(
-                sa.select(Event).where(
-                    Event.job_id == job_id, Event.state == EventState.PENDING,
-                    Event.kind.in_((EventKind.PROGRESS, EventKind.COMPLETION)))
-                .order_by(Event.id).limit(batch_size)
-            ).all()
+            events = db.session.scalars(pending_metrics_events(job_id).limit(batch_size)).all()
             if not events:
                 break
             completion = next((e for e in events if e.kind == EventKind.COMPLETION), None)

@@ -127,6 +127,19 @@ def test_idempotent_replay_returns_the_first_answer(api, api_app):
     assert count_events(api_app, job["job_id"]) == 1
 
 
+def test_retried_completion_gets_its_first_answer_not_a_conflict(api, api_app):
+    """The job finished with the first attempt; a retry (its 202 was lost) must not be told
+    the job has finished."""
+    job = api.create_job()
+    body = {"status": "completed", "final_metrics": {"mAP": 0.5}}
+    first = api.callback(job, "completion", body, key="done")
+    again = api.callback(job, "completion", body, key="done")
+    assert again.get_json() == first.get_json()
+    assert again.get_json()["job_status"] == "completed"
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert count_events(api_app, job["job_id"]) == 1
+
+
 def test_reused_key_with_another_body_is_refused(api, api_app):
     job = api.create_job()
     api.callback(job, "progress", PROGRESS, key="k1")

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import importlib
+import json
+
+import pytest
+import sqlalchemy as sa
 from mlflow.tracking import MlflowClient
 
+from platform_app.extensions import db
+from platform_app.models import Event, EventState
 from tests.conftest import wait_until
 
 
@@ -49,6 +56,13 @@ def test_killed_worker_loses_nothing(stack):
     assert sorted(p.step for p in points) == [1, 2, 3]
 
 
+def queued_tasks(broker, job_id: int) -> list[str]:
+    """Names of the tasks waiting in the queue for one job (earlier tests may have left
+    retries of their own there)."""
+    messages = [json.loads(raw)["headers"] for raw in broker.lrange("platform", 0, -1)]
+    return sorted(m["task"] for m in messages if m.get("kwargsrepr") == repr({"job_id": job_id}))
+
+
 def test_broker_flush_is_recovered_by_the_sweeper(stack):
     api = stack.actions
     job = api.create_job()
@@ -57,7 +71,9 @@ def test_broker_flush_is_recovered_by_the_sweeper(stack):
         ids = [api.callback(job, "progress", {"current_epoch": e, "metrics": {"loss": e}})
                .get_json()["event_id"] for e in range(1, 4)]
         ids.append(api.callback(job, "logs", {"lines": ["lost?"]}).get_json()["event_id"])
-        assert stack.broker.llen("platform") >= 4
+        # one metrics task stands for the job's three progress callbacks; one for the logs
+        assert queued_tasks(stack.broker, job["job_id"]) == ["logs.project",
+                                                             "metrics.project_job"]
         stack.broker.flushdb()
     finally:
         stack.worker.start()
@@ -106,3 +122,39 @@ def test_silent_trainer_is_cancelled_after_the_grace_period(stack):
     wait_until(lambda: MlflowClient(stack.mlflow.uri).get_run(
         api.job(job["job_id"])["mlflow_run_id"]).info.status == "KILLED", timeout=30,
         message="the MLflow run to be ended")
+
+
+@pytest.fixture
+def worker_tasks(stack, monkeypatch):
+    """The worker's task module, to run a task in this process; importing it builds the
+    worker's app from the environment, so the stack's config is put there first."""
+    for name, value in stack.config.as_environ().items():
+        monkeypatch.setenv(name, value)
+    return importlib.import_module("workers.tasks")
+
+
+def test_a_queued_metrics_task_serves_every_callback_of_its_job(stack, worker_tasks):
+    """Callbacks of a job that already has a metrics task queued queue none of their own;
+    that task projects whatever is pending — even when its own event went out with another
+    worker's batch — so none of them waits for the sweeper."""
+    api = stack.actions
+    job = api.create_job()
+    stack.worker.stop()
+    try:
+        first, second = [api.callback(job, "progress", {"current_epoch": e, "metrics": {"loss": e}})
+                         .get_json()["event_id"] for e in (1, 2)]
+        assert queued_tasks(stack.broker, job["job_id"]) == ["metrics.project_job"]
+        with stack.app.app_context():
+            # another worker's batch took the first event between this task's queueing and
+            # its start
+            db.session.execute(sa.update(Event).where(Event.id == first)
+                               .values(state=EventState.PROJECTED))
+            db.session.commit()
+            # the queued task, run here (in this app's context: the right DB for each param)
+            worker_tasks.project_job_metrics.run(first, job_id=job["job_id"])
+        assert stack.event(second)["state"] == "projected"
+    finally:
+        stack.worker.start()
+    run_id = api.job(job["job_id"])["mlflow_run_id"]
+    points = MlflowClient(stack.mlflow.uri).get_metric_history(run_id, "loss")
+    assert [p.step for p in points] == [2]
