@@ -33,7 +33,7 @@ def accept(job_id: int, kind: EventKind, payload: dict, rule: outbox.Rule | None
 
 @bp.route("/jobs/<int:job_id>/callback/progress", methods=["POST"])
 @require_job_token
-@bp.arguments(ProgressSchema)
+@bp.arguments(ProgressSchema())
 @bp.response(202, AcceptedSchema)
 def post_progress(payload: dict, job_id: int):
     return accept(job_id, EventKind.PROGRESS, payload, apply_progress)
@@ -41,7 +41,7 @@ def post_progress(payload: dict, job_id: int):
 
 @bp.route("/jobs/<int:job_id>/callback/logs", methods=["POST"])
 @require_job_token
-@bp.arguments(LogsSchema)
+@bp.arguments(LogsSchema())
 @bp.response(202, AcceptedSchema)
 def post_logs(payload: dict, job_id: int):
     return accept(job_id, EventKind.LOGS, payload)
@@ -49,7 +49,7 @@ def post_logs(payload: dict, job_id: int):
 
 @bp.route("/jobs/<int:job_id>/callback/completion", methods=["POST"])
 @require_job_token
-@bp.arguments(CompletionSchema)
+@bp.arguments(CompletionSchema())
 @bp.response(202, AcceptedSchema)
 def post_completion(payload: dict, job_id: int):
     return accept(job_id, EventKind.COMPLETION, payload, apply_completion)

@@ -20,7 +20,7 @@ events_schema = EventSchema(many=True)
 
 @bp.route("/failed", methods=["GET"])
 @require_operator
-@bp.arguments(PageArgsSchema, location="query")
+@bp.arguments(PageArgsSchema(), location="query")
 def list_failed(args: dict):
     query = sa.select(Event).where(Event.state == EventState.FAILED).order_by(Event.id)
     page = db.paginate(query, page=args["page"], per_page=args["per_page"], error_out=False)

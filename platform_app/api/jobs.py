@@ -45,7 +45,7 @@ def callback_url() -> str:
 
 @bp.route("/jobs", methods=["POST"])
 @require_operator
-@bp.arguments(JobCreateSchema)
+@bp.arguments(JobCreateSchema())
 @bp.response(201, CreatedJobSchema)
 def create_job(data: dict):
     if data.get("dataset_uri"):
@@ -61,7 +61,7 @@ def create_job(data: dict):
 
 @bp.route("/jobs", methods=["GET"])
 @require_operator
-@bp.arguments(JobListArgsSchema, location="query")
+@bp.arguments(JobListArgsSchema(), location="query")
 def list_jobs(args: dict):
     query = sa.select(Job).order_by(Job.id.desc())
     if "status" in args:
@@ -106,7 +106,7 @@ def create_view_token(job_id: int):
 
 @bp.route("/jobs/<int:job_id>/metrics", methods=["GET"])
 @require_operator
-@bp.arguments(CursorArgsSchema, location="query")
+@bp.arguments(CursorArgsSchema(), location="query")
 def list_metrics(args: dict, job_id: int):
     """Progress and final metrics as they were accepted, oldest first; `next_cursor` is
     the `since` of the next poll."""
@@ -137,7 +137,7 @@ def _metrics_item(event: Event) -> dict:
 
 @bp.route("/jobs/<int:job_id>/logs", methods=["GET"])
 @require_operator
-@bp.arguments(CursorArgsSchema, location="query")
+@bp.arguments(CursorArgsSchema(), location="query")
 def list_logs(args: dict, job_id: int):
     """Log lines once the worker has stored them; the cursor is the last line's id."""
     get_job(job_id)

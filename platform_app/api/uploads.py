@@ -39,7 +39,7 @@ def _issue(job_id: int, purpose: UploadPurpose, data: dict) -> dict:
 
 @bp.route("/jobs/<int:job_id>/checkpoint/get-upload-url", methods=["POST"])
 @require_job_token
-@bp.arguments(CheckpointUploadRequestSchema)
+@bp.arguments(CheckpointUploadRequestSchema())
 def get_checkpoint_upload_url(data: dict, job_id: int):
     """A presigned PUT (with the declared size and SHA-256 signed in, so the store refuses
     any other body), or above the multipart threshold one presigned URL per part."""
@@ -48,7 +48,7 @@ def get_checkpoint_upload_url(data: dict, job_id: int):
 
 @bp.route("/jobs/<int:job_id>/artifacts/get-upload-url", methods=["POST"])
 @require_job_token
-@bp.arguments(ArtifactUploadRequestSchema)
+@bp.arguments(ArtifactUploadRequestSchema())
 def get_artifact_upload_url(data: dict, job_id: int):
     return _issue(job_id, UploadPurpose.ARTIFACT, data)
 
@@ -84,7 +84,7 @@ def _complete(job_id: int, purpose: UploadPurpose, data: dict):
 
 @bp.route("/jobs/<int:job_id>/checkpoint/upload-complete", methods=["POST"])
 @require_job_token
-@bp.arguments(UploadCompleteSchema)
+@bp.arguments(UploadCompleteSchema())
 @bp.response(202, AcceptedSchema)
 def complete_checkpoint_upload(data: dict, job_id: int):
     """A task then completes the multipart upload, verifies size and SHA-256, records the
@@ -94,7 +94,7 @@ def complete_checkpoint_upload(data: dict, job_id: int):
 
 @bp.route("/jobs/<int:job_id>/artifacts/upload-complete", methods=["POST"])
 @require_job_token
-@bp.arguments(UploadCompleteSchema)
+@bp.arguments(UploadCompleteSchema())
 @bp.response(202, AcceptedSchema)
 def complete_artifact_upload(data: dict, job_id: int):
     return _complete(job_id, UploadPurpose.ARTIFACT, data)

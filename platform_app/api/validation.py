@@ -30,7 +30,7 @@ images_schema = ImageResultOutSchema(many=True)
 
 @bp.route("/jobs/<int:job_id>/results", methods=["POST"])
 @require_job_token
-@bp.arguments(ValidationCallbackSchema)
+@bp.arguments(ValidationCallbackSchema())
 @bp.response(202, AcceptedSchema)
 def post_result(payload: dict, job_id: int):
     """Re-sending an epoch replaces its earlier result."""
@@ -82,7 +82,7 @@ def read_result(job_id: int, epoch: int):
 
 @bp.route("/jobs/<int:job_id>/results/<int:epoch>/images", methods=["GET"])
 @require_operator
-@bp.arguments(ImageFilterArgsSchema, location="query")
+@bp.arguments(ImageFilterArgsSchema(), location="query")
 def list_images(args: dict, job_id: int, epoch: int):
     """Per-image results, filterable by true / predicted class: the confusion-matrix
     drill-down."""

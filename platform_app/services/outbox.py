@@ -59,10 +59,13 @@ class Effect:
     on_inserted: Callable[[int], None] | None = None  # gets the event id (e.g. link a row)
 
 
-# The job columns a rule may look at: read with FOR UPDATE so that concurrent callbacks of one
+# Built once: a statement object caches its compiled form and cache key.
+# The job columns a rule may look at, read with FOR UPDATE so that concurrent callbacks of one
 # job apply their rules one after the other.
 JOB_FOR_RULES = (sa.select(Job.id, Job.status, Job.current_epoch, Job.started_at)
                  .where(Job.id == sa.bindparam("job_id")).with_for_update())
+INSERT_EVENT = sa.insert(Event).returning(*Event.__table__.c)
+UPDATE_JOB = sa.update(Job).where(Job.id == sa.bindparam("target_job_id"))  # SET: the params
 Rule = Callable[[sa.Row, dict], Effect]
 
 
@@ -104,13 +107,14 @@ def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | N
     try:
         # A repeated Idempotency-Key is rare: the unique constraint finds it, instead of a
         # look-up on every request.
-        event = connection.execute(sa.insert(Event).values(
-            job_id=job_id, kind=kind, payload=payload, idempotency_key=idempotency_key,
-            request_hash=digest, response=response).returning(*Event.__table__.c)).one()
+        event = connection.execute(INSERT_EVENT, {
+            "job_id": job_id, "kind": kind, "payload": payload,
+            "idempotency_key": idempotency_key, "request_hash": digest, "response": response,
+        }).one()
     except IntegrityError as error:
         return _answer_as_before(job_id, idempotency_key, digest, error)
     if effect.job_changes:
-        connection.execute(sa.update(Job).where(Job.id == job_id).values(effect.job_changes))
+        connection.execute(UPDATE_JOB, {"target_job_id": job_id, **effect.job_changes})
     if effect.on_inserted is not None:
         effect.on_inserted(event.id)
     try:
