@@ -27,10 +27,12 @@ class BenchContext:
     jobs_file: Path
     _runs: itertools.count = field(default_factory=lambda: itertools.count(1))
 
-    def load_spec(self, path: str, jobs_file: Path | None = None) -> LoadSpec:
+    def load_spec(self, path: str, jobs_file: Path | None = None,
+                  honour_retry_after: bool = False) -> LoadSpec:
         """A wrk target on the API; each spec gets its own block of step numbers."""
         return LoadSpec(base_url=self.stack.api_url, path=path,
                         jobs_file=jobs_file or self.jobs_file,
                         connections=self.settings.connections,
                         threads=self.settings.wrk_threads,
-                        step_offset=next(self._runs) * STEP_BLOCK)
+                        step_offset=next(self._runs) * STEP_BLOCK,
+                        honour_retry_after=honour_retry_after)

@@ -71,6 +71,7 @@ class LoadResult:
     late: int  # fixed rate only: slots that were already past when a connection got free
     scheduled: int
     offered_rps: float | None
+    held: int = 0  # 429s (backpressure) received
 
     @property
     def rps(self) -> float:
@@ -92,13 +93,16 @@ class LoadResult:
                    errors=data["errors"], p50_ms=lat["p50"] / 1000, p90_ms=lat["p90"] / 1000,
                    p99_ms=lat["p99"] / 1000, p999_ms=lat["p999"] / 1000,
                    max_ms=lat["max"] / 1000, mean_ms=lat["mean"] / 1000, late=data["late"],
-                   scheduled=data["scheduled"], offered_rps=offered_rps)
+                   scheduled=data["scheduled"], offered_rps=offered_rps,
+                   held=data.get("held", 0))
 
     def describe(self) -> str:
         text = (f"{self.rps:,.0f} req/s, p50 {self.p50_ms:.1f} ms, p99 {self.p99_ms:.1f} ms")
         if self.offered_rps:
             text += f" (offered {self.offered_rps:,.0f}/s, {self.late_fraction:.1%} late)"
-        if self.error_count:
+        if self.held:
+            text += f", {self.held:,} held back (429)"
+        if self.error_count - self.held:
             text += f", errors {self.errors}"
         return text
 
@@ -113,6 +117,7 @@ class LoadSpec:
     connections: int = 16
     threads: int = 1
     step_offset: int = 0
+    honour_retry_after: bool = False  # a 429 holds its job back, as the trainer SDK does
 
 
 class WrkRun:
@@ -135,6 +140,8 @@ class WrkRun:
         }
         if rate:
             env["BENCH_RATE"] = f"{rate:.3f}"
+        if spec.honour_retry_after:
+            env["BENCH_RETRY_AFTER"] = "1"
         command = [
             ensure_wrk(),
             f"-t{spec.threads}", f"-c{max(spec.connections, spec.threads)}",

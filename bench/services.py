@@ -69,6 +69,7 @@ class BenchStack:
         self.mlflow_db_url = ""
         self.api_url = ""
         self.mlflow_uri = ""
+        self.backpressure = False
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -169,18 +170,32 @@ class BenchStack:
                                     f"last lines of {log_path}:\n{log_tail(log_path)}")
 
     def _api_process(self) -> ManagedProcess:
-        port = free_port()
-        self.api_url = f"http://{HOST}:{port}"
+        if not self.api_url:
+            self.api_url = f"http://{HOST}:{free_port()}"
         command = [
             find_binary("gunicorn"),
-            "--bind", f"{HOST}:{port}",
+            "--bind", self.api_url.removeprefix("http://"),
             *self.settings.gunicorn_args,
             "--control-socket", str(self.workdir / "gunicorn.ctl"),
             "bench.app:app",
         ]  # fmt: skip
-        return ManagedProcess("api", command, self.platform_env("api"), self.log("api"),
+        # Backpressure is off unless a figure asks for it: the capacity figures starve the
+        # workers on purpose, and with it on the API would answer 429 after
+        # BACKPRESSURE_LAG_SECONDS — which is what it is for, not what they measure.
+        env = {**self.platform_env("api"),
+               **({} if self.backpressure else {"BACKPRESSURE_LAG_SECONDS": "0"})}
+        return ManagedProcess("api", command, env, self.log("api"),
                               functools.partial(http_ok, self.api_url + "/health"),
                               cwd=PROJECT_ROOT, uri=self.api_url)
+
+    def set_backpressure(self, enabled: bool) -> None:
+        """Restart the API, on the same port, with backpressure at its default or off."""
+        if enabled == self.backpressure:
+            return
+        log.info("restarting the API with backpressure %s", "on" if enabled else "off")
+        self._procs.pop("api").stop(timeout=20)
+        self.backpressure = enabled
+        self._procs["api"] = self._api_process().start_and_wait(START_TIMEOUT["api"])
 
     # --- workers ---------------------------------------------------------------------------
 

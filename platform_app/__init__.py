@@ -13,6 +13,7 @@ from platform_app import metrics
 from platform_app.config import Config
 from platform_app.errors import register_error_handlers
 from platform_app.extensions import celery_init_app, db, migrate, rest_api, sock
+from platform_app.services.backpressure import Backpressure
 from platform_app.services.events import LiveHub
 from platform_app.services.storage import ObjectStore
 from platform_app.services.tracking import TrackingService
@@ -40,6 +41,8 @@ def create_app(config: Config | None = None) -> Flask:
     from platform_app import ws  # noqa: F401  (registers the WebSocket route)
     sock.init_app(app)
     app.extensions["live_hub"] = LiveHub(app.config["REDIS_URL"], app.config["WS_QUEUE_SIZE"])
+    app.extensions["backpressure"] = Backpressure(app.config["BACKPRESSURE_LAG_SECONDS"],
+                                                  app.config["BACKPRESSURE_RETRY_AFTER_SECONDS"])
 
     celery_init_app(app)
     app.extensions["tracking"] = TrackingService(

@@ -56,12 +56,14 @@ _CODE_BY_HTTP_STATUS = {
 class APIError(Exception):
     """An error a client can act on. `details` names fields or ids involved."""
 
-    def __init__(self, error_code: str, message: str, details: dict | None = None) -> None:
+    def __init__(self, error_code: str, message: str, details: dict | None = None,
+                 retry_after_s: int | None = None) -> None:
         super().__init__(message)
         self.error_code = error_code
         self.message = message
         self.details = details or {}
         self.status_code = STATUS_BY_CODE[error_code]
+        self.retry_after_s = retry_after_s
 
     def to_dict(self) -> dict[str, Any]:
         return {"error_code": self.error_code, "message": self.message, "details": self.details}
@@ -81,6 +83,8 @@ def error_response(error: APIError, headers: dict | None = None):
     response.status_code = error.status_code
     if headers:
         response.headers.update(headers)
+    if error.retry_after_s is not None:
+        response.headers["Retry-After"] = str(error.retry_after_s)
     return response
 
 

@@ -94,11 +94,19 @@ def project_job_metrics(self: Task, event_id: int, job_id: int | None = None) ->
         job_id = db.session.scalar(sa.select(Event.job_id).where(Event.id == event_id))
         if job_id is None:
             return
-    outbox.task_started(job_id)
     tracking = current_app.extensions["tracking"]
-    # The anchor is the event attempts are counted on; another worker may project it between
-    # this look-up and the claim, and then this task looks again.
-    while (anchor := projections.oldest_pending_metrics_event(job_id)) is not None:
+    while True:
+        # The anchor is the event attempts are counted on; another worker may project it
+        # between this look-up and the claim, and then this task looks again.
+        anchor = projections.oldest_pending_metrics_event(job_id)
+        if anchor is None:
+            # Nothing left (another worker's batch took it all): the job's next callback must
+            # queue a task again — unless one came in just now and found the flag still set.
+            outbox.take_up(job_id)
+            db.session.rollback()  # a fresh snapshot for the second look
+            anchor = projections.oldest_pending_metrics_event(job_id)
+            if anchor is None:
+                return
         if run_projection(self, anchor,
                           lambda event: projections.project_job_metrics(job_id, tracking)):
             return

@@ -188,25 +188,31 @@ def _describe(window: Window) -> str:
 
 
 def _overload_round(ctx: BenchContext, rate: float | None) -> tuple[Window, str]:
-    """`rate` None: closed loop, as many callbacks as the API accepts."""
+    """`rate` None: closed loop, as many callbacks as the API accepts. The platform runs as
+    deployed, backpressure on, and the load honours Retry-After as the trainer SDK does."""
     settings = ctx.settings
     probe = SinkProbe(ctx)
     total = settings.overload_warmup_seconds + settings.overload_seconds
-    wrk = WrkRun(ctx.load_spec(PROGRESS_PATH), total + 1, rate=rate)
+    ctx.stack.set_backpressure(True)
     try:
-        time.sleep(settings.overload_warmup_seconds)
-        first = probe.read()
-        time.sleep(settings.overload_seconds)
-        last = probe.read()
-        offered = wrk.wait()
-    except BaseException:
-        wrk.kill()
-        raise
+        wrk = WrkRun(ctx.load_spec(PROGRESS_PATH, honour_retry_after=True), total + 1,
+                     rate=rate)
+        try:
+            time.sleep(settings.overload_warmup_seconds)
+            first = probe.read()
+            time.sleep(settings.overload_seconds)
+            last = probe.read()
+            offered = wrk.wait()
+        except BaseException:
+            wrk.kill()
+            raise
+    finally:
+        ctx.stack.set_backpressure(False)
     window = probe.window(first, last)
     offer = f"{rate:,.0f} callbacks/s" if rate else "the API's saturation"
     note = (f"{_describe(window)}; offered {offer}, accepted {offered.rps:,.0f}/s "
-            f"(p99 {offered.p99_ms:.0f} ms); backlog {first.pending:,} → {last.pending:,} "
-            "callbacks in the window")
+            f"(p99 {offered.p99_ms:.0f} ms, {offered.held:,} held back with 429); backlog "
+            f"{first.pending:,} → {last.pending:,} callbacks in the window")
     return window, note
 
 

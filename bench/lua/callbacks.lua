@@ -11,6 +11,8 @@
 --   BENCH_RATE        optional: requests/s in total, at fixed intervals (open loop while
 --                     the connections keep up; see `late` in the result)
 --   BENCH_OUT         where done() writes its JSON summary
+--   BENCH_RETRY_AFTER optional, "1": a 429 holds its job back for Retry-After seconds, as the
+--                     trainer SDK does (the job id is read from the error's details)
 
 local ffi = require("ffi")
 ffi.cdef[[
@@ -43,13 +45,19 @@ local next_slot = nil
 late = 0        -- globals: read by done() through thread:get
 scheduled = 0
 
+local job_by_id = {}
+local honour_retry_after = os.getenv("BENCH_RETRY_AFTER") == "1"
+held = 0        -- global: 429s received
+
 function init(args)
   local template = os.getenv("BENCH_PATH")
   for line in io.lines(os.getenv("BENCH_JOBS_FILE")) do
     local id, token = line:match("^(%d+)%s+(%S+)")
     if id then
       local path = template:gsub("{job_id}", id)
-      table.insert(jobs, {path = path, auth = "Bearer " .. token})
+      local job = {path = path, auth = "Bearer " .. token, resume_at = 0}
+      table.insert(jobs, job)
+      job_by_id[id] = job
     end
   end
   for key in (os.getenv("BENCH_KEYS") or ""):gmatch("[^\n]+") do
@@ -64,9 +72,21 @@ function init(args)
   end
 end
 
+local function next_job()
+  local now = honour_retry_after and now_ms() or 0
+  local job
+  for _ = 1, #jobs do  -- the next job not held back, if there is one
+    counter = counter + 1
+    job = jobs[((counter * nthreads + tid) % #jobs) + 1]
+    if job.resume_at <= now then
+      return job
+    end
+  end
+  return job
+end
+
 function request()
-  counter = counter + 1
-  local job = jobs[((counter * nthreads + tid) % #jobs) + 1]
+  local job = next_job()
   local step = step_offset + counter
   local parts = {}
   for i, key in ipairs(keys) do
@@ -83,32 +103,64 @@ function request()
   return wrk.format("POST", job.path, headers, body)
 end
 
+if honour_retry_after then
+  function response(status, headers, body)
+    if status == 429 then
+      held = held + 1
+      local job = job_by_id[body:match('"job_id"%s*:%s*(%d+)') or ""]
+      if job then
+        job.resume_at = now_ms() + 1000 * (tonumber(headers["Retry-After"] or "1") or 1)
+      end
+    end
+  end
+end
+
 -- Fixed rate: every connection that is free claims the thread's next time slot. A slot
 -- already past is sent at once (caught up), and counted as late.
-if tonumber(os.getenv("BENCH_RATE") or "0") > 0 then
+local function slot_wait(now)
+  if next_slot == nil or now - next_slot > 1000 then
+    next_slot = now
+  end
+  next_slot = next_slot + interval_ms
+  scheduled = scheduled + 1
+  local wait = next_slot - now
+  if wait < -1 then
+    late = late + 1
+  end
+  return math.max(wait, 0)
+end
+
+-- With every job held back by a 429, the connection waits for the first to resume.
+local function hold_wait(now)
+  local first = nil
+  for _, job in ipairs(jobs) do
+    if job.resume_at <= now then
+      return 0
+    end
+    if first == nil or job.resume_at < first then
+      first = job.resume_at
+    end
+  end
+  return first - now
+end
+
+if tonumber(os.getenv("BENCH_RATE") or "0") > 0 or honour_retry_after then
   function delay()
     local now = now_ms()
-    if next_slot == nil or now - next_slot > 1000 then
-      next_slot = now
-    end
-    next_slot = next_slot + interval_ms
-    scheduled = scheduled + 1
-    local wait = next_slot - now
-    if wait < -1 then
-      late = late + 1
-    end
-    if wait < 0 then
-      return 0
+    local wait = interval_ms and slot_wait(now) or 0
+    if honour_retry_after then
+      wait = math.max(wait, hold_wait(now))
     end
     return math.floor(wait + 0.5)
   end
 end
 
 function done(summary, latency, requests)
-  local late_total, scheduled_total = 0, 0
+  local late_total, scheduled_total, held_total = 0, 0, 0
   for _, thread in ipairs(threads) do
     late_total = late_total + (thread:get("late") or 0)
     scheduled_total = scheduled_total + (thread:get("scheduled") or 0)
+    held_total = held_total + (thread:get("held") or 0)
   end
   local e = summary.errors
   local out = assert(io.open(os.getenv("BENCH_OUT"), "w"))
@@ -116,10 +168,10 @@ function done(summary, latency, requests)
     '{"requests": %d, "duration_us": %d, "errors": {"connect": %d, "read": %d, ' ..
     '"write": %d, "status": %d, "timeout": %d}, "latency_us": {"min": %d, "max": %d, ' ..
     '"mean": %.1f, "p50": %d, "p90": %d, "p99": %d, "p999": %d}, "late": %d, ' ..
-    '"scheduled": %d}\n',
+    '"scheduled": %d, "held": %d}\n',
     summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
     latency.min, latency.max, latency.mean, latency:percentile(50),
     latency:percentile(90), latency:percentile(99), latency:percentile(99.9),
-    late_total, scheduled_total))
+    late_total, scheduled_total, held_total))
   out:close()
 end

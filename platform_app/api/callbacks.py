@@ -13,6 +13,7 @@ from platform_app.errors import APIError
 from platform_app.models import EventKind
 from platform_app.schemas import AcceptedSchema, CompletionSchema, LogsSchema, ProgressSchema
 from platform_app.services import outbox
+from platform_app.services.backpressure import hold_back_when_behind
 from platform_app.services.jobstate import apply_completion, apply_progress
 
 bp = Blueprint("callbacks", __name__, url_prefix=f"{URL_PREFIX}/training",
@@ -33,6 +34,7 @@ def accept(job_id: int, kind: EventKind, payload: dict, rule: outbox.Rule | None
 
 @bp.route("/jobs/<int:job_id>/callback/progress", methods=["POST"])
 @require_job_token
+@hold_back_when_behind
 @bp.arguments(ProgressSchema())
 @bp.response(202, AcceptedSchema)
 def post_progress(payload: dict, job_id: int):

@@ -20,7 +20,7 @@ from platform_app.models import (
     utcnow,
 )
 from platform_app.schemas import metric_float
-from platform_app.services import locks, loki
+from platform_app.services import locks, loki, outbox
 from platform_app.services.errors import SinkRejected
 from platform_app.services.tracking import Point, RunSpec, TrackingService, legal_metric_key
 
@@ -114,23 +114,31 @@ def oldest_pending_metrics_event(job_id: int) -> int | None:
 
 
 def project_job_metrics(job_id: int, tracking: TrackingService) -> list[int]:
-    """Write every pending progress/completion event of a job to its MLflow run, oldest
-    first, in as few `log_batch` calls as MLflow's limits allow. One worker at a time per
-    job (a lock), so events that pile up while it writes go out in the next large batch.
-    Returns the ids of the events it projected."""
+    """Write the pending progress/completion events of a job to its MLflow run, oldest
+    first, in as few `log_batch` calls as MLflow's limits allow, and return their ids.
+
+    One worker at a time per job (a lock). It takes what was pending when it cleared the
+    job's queued-task flag, and stops there: a callback accepted after that queued a task of
+    its own, which waits for the lock and takes everything that arrived meanwhile in one
+    batch. (Going round again for the few events that arrived during one `log_batch` would
+    send MLflow many small requests under load — the opposite of what it needs.)"""
     logger = job_logger(__name__, job_id)
     batch_size = current_app.config["METRICS_BATCH_EVENTS"]
     projected: list[int] = []
     with locks.job_lock("metrics", job_id) as renew_lock:
+        outbox.take_up(job_id)
         job = db.session.get(Job, job_id)
         run_id = ensure_run(job, tracking)
-        while True:
+        more = True
+        while more:
             events = db.session.scalars(pending_metrics_events(job_id).limit(batch_size)).all()
-            if not events:
-                break
+            more = len(events) == batch_size  # what was pending did not fit in one batch
             completion = next((e for e in events if e.kind == EventKind.COMPLETION), None)
             if completion is not None:
+                more = more or events[-1].id > completion.id
                 events = [e for e in events if e.id <= completion.id]
+            if not events:
+                break
             requests = _write_isolating_rejects(events, run_id, job.current_epoch or 0,
                                                 tracking, logger)
             if completion is not None:

@@ -1,0 +1,56 @@
+"""Backpressure: a job whose metrics wait too long for a worker gets 429 + Retry-After on
+progress callbacks; nothing it already sent is lost and its other callbacks still pass."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from platform_app.services.outbox import queued_flag
+from tests.api.test_callbacks import PROGRESS
+
+
+def metrics_queued_for(api_config, job_id: int, seconds_ago: float) -> None:
+    """As if a metrics task had been queued for the job that long ago and none had started."""
+    redis.Redis.from_url(api_config.REDIS_URL).set(
+        queued_flag(job_id), int((time.time() - seconds_ago) * 1000), ex=60)
+
+
+def test_a_job_far_behind_is_told_to_retry_later(api, api_config):
+    job = api.create_job()
+    metrics_queued_for(api_config, job["job_id"], seconds_ago=60)
+    accepted = api.callback(job, "progress", PROGRESS)  # accepted: this is how it learns
+    refused = api.callback(job, "progress", {**PROGRESS, "current_epoch": 2}, expect=429)
+    assert refused.headers["Retry-After"] == str(api_config.BACKPRESSURE_RETRY_AFTER_SECONDS)
+    assert refused.get_json()["error_code"] == "RATE_LIMITED"
+    assert refused.get_json()["details"]["job_id"] == job["job_id"]
+    assert api.job(job["job_id"])["current_epoch"] == 1  # the refused one left nothing
+    assert accepted.get_json()["event_id"]
+    # the end of training and its logs are never held back
+    api.callback(job, "logs", {"lines": ["still here"]})
+    api.callback(job, "completion", {"status": "completed", "final_metrics": {}})
+
+
+def test_other_jobs_and_fresh_backlogs_are_not_held_back(api, api_config):
+    behind, fine = api.create_job(), api.create_job()
+    metrics_queued_for(api_config, behind["job_id"], seconds_ago=60)
+    metrics_queued_for(api_config, fine["job_id"],
+                       seconds_ago=api_config.BACKPRESSURE_LAG_SECONDS / 2)
+    api.callback(behind, "progress", PROGRESS)
+    api.callback(behind, "progress", PROGRESS, expect=429)
+    for epoch in (1, 2, 3):
+        api.callback(fine, "progress", {**PROGRESS, "current_epoch": epoch})
+
+
+def test_the_hold_ends_after_retry_after(api, api_config, monkeypatch):
+    job = api.create_job()
+    metrics_queued_for(api_config, job["job_id"], seconds_ago=60)
+    api.callback(job, "progress", PROGRESS)
+    api.callback(job, "progress", PROGRESS, expect=429)
+    redis.Redis.from_url(api_config.REDIS_URL).delete(queued_flag(job["job_id"]))  # caught up
+    later = time.monotonic() + api_config.BACKPRESSURE_RETRY_AFTER_SECONDS + 0.1
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    api.callback(job, "progress", {**PROGRESS, "current_epoch": 2})
+    api.callback(job, "progress", {**PROGRESS, "current_epoch": 3})
+    assert api.job(job["job_id"])["current_epoch"] == 3
