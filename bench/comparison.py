@@ -2,9 +2,10 @@
 
 - `POST /bench/noop`: a trivial 202, nothing parsed — what gunicorn and Flask cost alone.
 - `POST /bench/inline/jobs/<id>/callback/progress`: the seed's design. The same token check,
-  the same schema and the same transaction as the real progress callback (event row plus
-  the job's state change), but instead of enqueueing a task it writes the callback's metrics
-  to MLflow with `MlflowClient.log_batch` inside the request, as the seed documents proposed.
+  the same schema and the same transaction as the real progress callback (`outbox.store`:
+  event row plus the job's state change), but instead of announcing it to a worker it writes
+  the callback's metrics to MLflow with `MlflowClient.log_batch` inside the request, as the
+  seed documents proposed.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from flask import current_app
 
 from platform_app.api import Blueprint
 from platform_app.auth import require_job_token
-from platform_app.errors import APIError
 from platform_app.extensions import db
-from platform_app.models import Event, EventKind, EventState, Job, utcnow
+from platform_app.models import EventKind, EventState, Job
 from platform_app.schemas import ProgressSchema
-from platform_app.services import locks
+from platform_app.services import locks, outbox
 from platform_app.services.jobstate import apply_progress
 from platform_app.services.projections import ensure_run, points_of
 
@@ -32,24 +32,16 @@ def noop():
 
 @bp.route("/inline/jobs/<int:job_id>/callback/progress", methods=["POST"])
 @require_job_token
-@bp.arguments(ProgressSchema)
+@bp.arguments(ProgressSchema())
 def inline_progress(payload: dict, job_id: int):
-    job = db.session.get(Job, job_id, with_for_update=True)
-    if job is None:
-        raise APIError.not_found("job", job_id=job_id)
-    event = Event(job_id=job_id, kind=EventKind.PROGRESS, payload=payload,
-                  state=EventState.PROJECTED, projected_at=utcnow())
-    db.session.add(event)
-    db.session.flush()
-    apply_progress(job, event)
-    body = {"event_id": event.id, "job_id": job_id, "kind": "progress",
-            "job_status": job.status.value}
-    db.session.commit()
+    stored = outbox.store(job_id, EventKind.PROGRESS, payload, None, apply_progress,
+                          state=EventState.PROJECTED)
+    job = db.session.get(Job, job_id)
     tracking = current_app.extensions["tracking"]
     run_id = job.mlflow_run_id
     if not run_id:  # first callback of the job: create its run once, under the job's lock
         with locks.job_lock("metrics", job_id):
             db.session.refresh(job)
             run_id = ensure_run(job, tracking)
-    tracking.log_points(run_id, points_of(event, job.current_epoch or 0))
-    return body, 202
+    tracking.log_points(run_id, points_of(stored.event, job.current_epoch or 0))
+    return stored.body, 202

@@ -157,7 +157,11 @@ class WrkRun:
             if not self._out.exists():
                 raise LoadError(f"wrk exited with {self._proc.returncode} and no summary:\n"
                                 f"{output[-2000:]}")
-            return LoadResult.from_summary(json.loads(self._out.read_text()), self.rate)
+            result = LoadResult.from_summary(json.loads(self._out.read_text()), self.rate)
+            if result.requests and result.requests == result.errors.get("status", 0):
+                raise LoadError(f"every one of {result.requests} requests to "
+                                f"{self.spec.path} got an error status (see the API's log)")
+            return result
         finally:
             shutil.rmtree(self._dir, ignore_errors=True)
 

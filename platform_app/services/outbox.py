@@ -47,6 +47,7 @@ COALESCED_TASKS = frozenset({"metrics.project_job"})
 class Accepted:
     body: dict
     replayed: bool
+    event: sa.Row | None = None  # the stored event; None for a replayed answer
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,19 @@ def body_of(event_id: int, response: dict) -> dict:
 
 def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | None,
            rule: Rule | None = None) -> Accepted:
-    """Persist one callback and announce it, in one short transaction of plain statements
-    (the ORM's unit of work cost more CPU than everything else on this path). `rule(job,
-    payload)` decides the callback's effect or raises APIError to refuse it, which then
-    leaves nothing behind."""
+    """Persist one callback, then announce it."""
+    accepted = store(job_id, kind, payload, idempotency_key, rule)
+    if accepted.event is not None:
+        CALLBACKS_ACCEPTED.labels(kind.value).inc()
+        tell(Announcement.of(accepted.event), events.message_of(accepted.event))
+    return accepted
+
+
+def store(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | None,
+          rule: Rule | None = None, state: EventState = EventState.PENDING) -> Accepted:
+    """Persist one callback in one short transaction of plain statements (the ORM's unit of
+    work cost more CPU than everything else on this path). `rule(job, payload)` decides the
+    callback's effect or raises APIError to refuse it, which then leaves nothing behind."""
     digest = request_hash(kind, payload)
     connection = db.session.connection()
     job = connection.execute(JOB_FOR_RULES, {"job_id": job_id}).one_or_none()
@@ -110,6 +120,7 @@ def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | N
         event = connection.execute(INSERT_EVENT, {
             "job_id": job_id, "kind": kind, "payload": payload,
             "idempotency_key": idempotency_key, "request_hash": digest, "response": response,
+            "state": state,
         }).one()
     except IntegrityError as error:
         return _answer_as_before(job_id, idempotency_key, digest, error)
@@ -121,9 +132,7 @@ def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | N
         db.session.commit()
     except IntegrityError as error:
         return _answer_as_before(job_id, idempotency_key, digest, error)
-    CALLBACKS_ACCEPTED.labels(kind.value).inc()
-    tell(Announcement.of(event), events.message_of(event))
-    return Accepted(body=body_of(event.id, response), replayed=False)
+    return Accepted(body=body_of(event.id, response), replayed=False, event=event)
 
 
 def _answer_as_before(job_id: int, key: str | None, digest: str,
