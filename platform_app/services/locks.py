@@ -17,7 +17,8 @@ from flask import current_app
 from platform_app.services.errors import SinkUnavailable
 from platform_app.services.redis_client import redis_client
 
-WAIT_S = 2.0  # a short wait lets a second task join the holder's next round
+WAIT_S = 2.0  # a second task waits for the holder to finish, then takes what came meanwhile
+POLL_S = 0.01  # redis-py polls a held lock (0.1 s by default: a tenth of a second per hand-off)
 
 
 class JobBusy(Exception):
@@ -30,7 +31,7 @@ def job_lock(purpose: str, job_id: int) -> Iterator[Callable[[], None]]:
     client = redis_client(current_app.config["REDIS_URL"])
     lock = client.lock(f"platform:lock:{purpose}:{job_id}",
                        timeout=current_app.config["PROJECTION_LOCK_TTL_SECONDS"],
-                       blocking_timeout=WAIT_S)
+                       blocking_timeout=WAIT_S, sleep=POLL_S)
     try:
         acquired = lock.acquire()
     except redis.RedisError as exc:
