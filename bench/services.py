@@ -30,6 +30,7 @@ from bench.progress import log
 from bench.settings import BenchSettings
 from platform_app.config import Config
 from platform_app.devstack import (
+    WORKER_PRIORITY,
     ManagedProcess,
     S3Settings,
     ServiceStartError,
@@ -211,7 +212,7 @@ class BenchStack:
                  self.settings.worker_concurrency)
         log_path = self.log("worker")
         command = [
-            find_binary("celery"), "-A", "workers", "worker", "-B",
+            *WORKER_PRIORITY, find_binary("celery"), "-A", "workers", "worker", "-B",
             "--loglevel", "INFO",
             "--concurrency", str(self.settings.worker_concurrency),
             "--schedule", str(self.workdir / "celerybeat-schedule"),

@@ -22,7 +22,7 @@ from bench.stats import median
 NAMES = frozenset({"noop", "inline", "accept"})
 PATHS = {"noop": NOOP_PATH, "inline": INLINE_PATH, "accept": PROGRESS_PATH}
 INLINE_MIN_WARMUP_S = 4  # the first inline callback of each job creates its MLflow run
-SPLIT = 3  # rounds per configured round (see run)
+SPLIT = 3  # short noop/accept runs per round (see _round_plan)
 
 
 def needs(selected: frozenset[str]) -> set[str]:
@@ -58,19 +58,33 @@ def run(ctx: BenchContext, selected: frozenset[str]) -> None:
             warmup = max(warmup, INLINE_MIN_WARMUP_S)
         run_wrk(ctx.load_spec(PATHS[name]), warmup)
     runs: dict[str, list[LoadResult]] = {name: [] for name in names}
-    # Three times the rounds, a third as long each: this machine kind has slow phases of
-    # tens of seconds (the same endpoint measured 360 and 920 req/s a minute apart), and
-    # short interleaved rounds let every endpoint see fast and slow phases alike.
-    rounds, seconds = settings.rounds * SPLIT, max(1.0, settings.load_seconds / SPLIT)
-    for round_no in range(rounds):
-        order = names[round_no % len(names):] + names[:round_no % len(names)]
-        for name in order:
+    for round_no in range(settings.rounds):
+        for step_no, (name, seconds) in enumerate(_round_plan(names, round_no, settings)):
             result = run_wrk(ctx.load_spec(PATHS[name]), seconds)
             runs[name].append(result)
-            log.info("round %d/%d %-6s %s", round_no + 1, rounds, name, result.describe())
+            log.info("round %d/%d.%d %-6s %s", round_no + 1, settings.rounds, step_no + 1,
+                     name, result.describe())
     for name, results in runs.items():
         ctx.results.measured(f"{name}.rps", [r.rps for r in results], note=_note(results))
     ctx.stack.discard_backlog()
+
+
+def _round_plan(names: list[str], round_no: int,
+                settings: BenchSettings) -> list[tuple[str, float]]:
+    """One round: noop and accept alternate in SPLIT short runs (this machine kind has slow
+    phases of tens of seconds — the same endpoint measured 360 and 920 req/s a minute apart —
+    and short alternating runs let both see fast and slow phases alike); inline runs once, at
+    full length and at a rotating place (MLflow, written by 16 requests at once, wedges
+    after many of wrk's end-of-run disconnects: 9 short inline runs measured 0 req/s from the
+    fourth on)."""
+    short = max(1.0, settings.load_seconds / SPLIT)
+    pair = [name for name in ("noop", "accept") if name in names]
+    plan = [(name, short) for split in range(SPLIT)
+            for name in (pair if (round_no + split) % 2 == 0 else pair[::-1])]
+    if "inline" in names:
+        at = (round_no * len(plan)) // max(1, settings.rounds) if plan else 0
+        plan.insert(at, ("inline", settings.load_seconds))
+    return plan
 
 
 def accept_saturation(ctx: BenchContext) -> float:

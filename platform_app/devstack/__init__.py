@@ -7,9 +7,17 @@ developer machine or CI runner before anything else of the platform does.
 from .ports import free_port, free_ports, port_or_free
 from .process import ManagedProcess, ServiceStartError, find_binary
 from .readiness import S3Settings
-from .services import create_database, mlflow_server, postgres_cluster, redis_server, seaweedfs
+from .services import (
+    WORKER_PRIORITY,
+    create_database,
+    mlflow_server,
+    postgres_cluster,
+    redis_server,
+    seaweedfs,
+)
 
 __all__ = [
+    "WORKER_PRIORITY",
     "ManagedProcess",
     "S3Settings",
     "ServiceStartError",

@@ -195,7 +195,8 @@ def _app_commands(run: RunDir) -> dict[str, str]:
         "api": f"env PROMETHEUS_MULTIPROC_DIR={api_metrics} {gunicorn}"
         " -c python:platform_app.gunicorn_conf"
         f" --bind {HOST}:$API_PORT --control-socket {control_socket} wsgi:app",
-        "worker": f"env PROMETHEUS_MULTIPROC_DIR={worker_metrics} {celery} -A workers worker"
+        "worker": f"env PROMETHEUS_MULTIPROC_DIR={worker_metrics}"
+        f" {shlex.join(services.WORKER_PRIORITY)} {celery} -A workers worker"
         " --loglevel INFO --concurrency 2 -E",
         "beat": f"{celery} -A workers beat --loglevel INFO --schedule {schedule}",
         "flower": f"{celery} -A workers flower --port=$FLOWER_PORT --address={HOST}",
