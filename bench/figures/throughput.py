@@ -71,12 +71,15 @@ def run(ctx: BenchContext, selected: frozenset[str]) -> None:
 
 def _round_plan(names: list[str], round_no: int,
                 settings: BenchSettings) -> list[tuple[str, float]]:
-    """One round: noop and accept alternate in SPLIT short runs (this machine kind has slow
-    phases of tens of seconds — the same endpoint measured 360 and 920 req/s a minute apart —
-    and short alternating runs let both see fast and slow phases alike); inline runs once, at
+    """One round: noop and accept alternate in SPLIT short runs; inline runs once, at
     full length and at a rotating place (MLflow, written by 16 requests at once, wedges
     after many of wrk's end-of-run disconnects: 9 short inline runs measured 0 req/s from the
-    fourth on)."""
+    fourth on).
+
+    Why many short runs: the kernel hands wrk's 16 keep-alive connections to the 2 gunicorn
+    processes at random, and a run's figure follows that split (accept: ~430 req/s with all
+    16 on one process, one GIL; ~890 with 12/4 — counted with `ss` during the runs). More
+    runs sample more splits; the median is what a client with 16 connections sees."""
     short = max(1.0, settings.load_seconds / SPLIT)
     pair = [name for name in ("noop", "accept") if name in names]
     plan = [(name, short) for split in range(SPLIT)
