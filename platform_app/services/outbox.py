@@ -210,9 +210,10 @@ def tell(announcement: Announcement, message: dict) -> None:
     """After the commit: enqueue the event's projection and publish it live, with one Redis
     round trip. A metrics task projects every pending event of its job, so while one is
     queued for the job a callback needs none: a flag (set if absent, cleared by the task
-    when it starts) says so, which keeps the queue — and the workers — to one message per
-    job per batch instead of one per callback under load. The flag expires (a task lost with
-    its broker must not silence a job for long), and its age is the backpressure signal
+    when it takes the job up, see `take_up`) says so, which keeps the queue — and the
+    workers — to one message per job per batch instead of one per callback under load. The
+    flag expires (a task lost with its broker must not silence a job for long), and it holds
+    the time it was set: with the wait `take_up` records, the backpressure signal
     (services/backpressure.py)."""
     coalesced = announcement.task in COALESCED_TASKS
     queue_it = True
