@@ -14,7 +14,6 @@ threads free for HTTP requests.
 from __future__ import annotations
 
 import json
-import logging
 import queue
 
 import sqlalchemy as sa
@@ -28,7 +27,6 @@ from platform_app.models import Event, Job
 from platform_app.schemas import JobSchema
 from platform_app.services.events import CALLBACK_TYPES, RESYNC, message_of
 
-log = logging.getLogger(__name__)
 job_schema = JobSchema()
 REPLAY_PAGE = 500
 

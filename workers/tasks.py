@@ -21,7 +21,14 @@ from sqlalchemy.exc import OperationalError
 from platform_app.extensions import db
 from platform_app.joblog import job_logger
 from platform_app.models import Event, EventState
-from platform_app.services import events, jobstate, outbox, projections, uploads
+from platform_app.services import (
+    events,
+    jobstate,
+    metrics_queue,
+    outbox,
+    projections,
+    uploads,
+)
 from platform_app.services.errors import SinkRejected, SinkUnavailable
 from platform_app.services.locks import JobBusy
 
@@ -38,8 +45,9 @@ def backoff(attempts: int, base_s: float, cap_s: float) -> float:
 
 def run_projection(task: Task, event_id: int,
                    project: Callable[[Event], list[int] | dict | None]) -> bool:
-    """`project` returns what to announce: the ids of the events it projected (a batch), or
-    details about this event (e.g. an upload's verdict). Returns False when the event was
+    """`project` returns what to announce: the ids of the events it projected (a batch; none
+    when another worker claimed them first), or details about this event (e.g. an upload's
+    verdict). Returns False when the event was
     no longer pending (a duplicate delivery, or failed for good) and nothing was done."""
     event = db.session.get(Event, event_id)
     if event is None or event.state != EventState.PENDING:
@@ -77,6 +85,8 @@ def run_projection(task: Task, event_id: int,
 def announce_projected(event: Event, outcome: list[int] | dict | None) -> None:
     """Tell live viewers that events reached their sink ("in MLflow", "verified")."""
     if isinstance(outcome, list):
+        if not outcome:
+            return
         projected = db.session.scalars(sa.select(Event).where(Event.id.in_(outcome))).all()
         messages = [events.projected_message(e, {"sink": "mlflow"}) for e in projected]
     else:
@@ -86,14 +96,11 @@ def announce_projected(event: Event, outcome: list[int] | dict | None) -> None:
 
 
 @shared_task(name="metrics.project_job", **PROJECTION)
-def project_job_metrics(self: Task, event_id: int, job_id: int | None = None) -> None:
+def project_job_metrics(self: Task, event_id: int, job_id: int) -> None:
     """Progress and completion events of the event's job → its MLflow run. One queued task
-    stands for every callback of its job accepted before it starts (outbox.tell), so it
-    projects whatever is pending — also when its own event went out with another batch."""
-    if job_id is None:  # announced without it: look it up
-        job_id = db.session.scalar(sa.select(Event.job_id).where(Event.id == event_id))
-        if job_id is None:
-            return
+    stands for every callback of its job accepted before it starts
+    (services/metrics_queue.py), so it projects whatever is pending — also when its own event
+    went out with another batch."""
     tracking = current_app.extensions["tracking"]
     while True:
         # The anchor is the event attempts are counted on; another worker may project it
@@ -102,7 +109,7 @@ def project_job_metrics(self: Task, event_id: int, job_id: int | None = None) ->
         if anchor is None:
             # Nothing left (another worker's batch took it all): the job's next callback must
             # queue a task again — unless one came in just now and found the flag still set.
-            outbox.take_up(job_id)
+            metrics_queue.take_up(job_id)
             db.session.rollback()  # a fresh snapshot for the second look
             anchor = projections.oldest_pending_metrics_event(job_id)
             if anchor is None:

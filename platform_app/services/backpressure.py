@@ -3,7 +3,7 @@ Retry-After) instead of the backlog growing without bound.
 
 The signal is how long a job's callbacks wait for a worker to take them up, and it costs
 the request path nothing extra: the Redis flag that says "a metrics task is queued for this
-job" (services/outbox.py) holds the time it was set, the worker that takes the job up records
+job" (services/metrics_queue.py) holds the time it was set, the worker that takes the job up records
 how long that was, and the publish pipeline of every accepted callback reads both. When the
 wait exceeds BACKPRESSURE_LAG_SECONDS the API process answers that job's next progress
 callbacks with 429 for BACKPRESSURE_RETRY_AFTER_SECONDS — before parsing them, so a refused

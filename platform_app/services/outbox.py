@@ -27,20 +27,18 @@ from platform_app.extensions import db
 from platform_app.joblog import job_logger
 from platform_app.metrics import CALLBACKS_ACCEPTED
 from platform_app.models import Event, EventKind, EventState, Job, now_ms, utcnow
-from platform_app.services import events
+from platform_app.services import events, metrics_queue
 from platform_app.services.redis_client import redis_client
 
 log = logging.getLogger(__name__)
 
-QUEUED_FLAG_TTL_S = 30
 TASK_BY_KIND = {
-    EventKind.PROGRESS: "metrics.project_job",
-    EventKind.COMPLETION: "metrics.project_job",
+    EventKind.PROGRESS: metrics_queue.TASK,
+    EventKind.COMPLETION: metrics_queue.TASK,
     EventKind.LOGS: "logs.project",
     EventKind.VALIDATION: "validation.project",
     EventKind.UPLOAD: "uploads.finalize",
 }
-COALESCED_TASKS = frozenset({"metrics.project_job"})
 
 
 @dataclass(frozen=True)
@@ -192,66 +190,27 @@ def send(announcement: Announcement) -> bool:
         return False
 
 
-def queued_flag(job_id: int) -> str:
-    return f"platform:queued:metrics_task:{job_id}"
-
-
-def last_wait_key(job_id: int) -> str:
-    return f"platform:metrics_wait_ms:{job_id}"
-
-
-def queued_flag_ttl(backpressure_lag_s: float) -> int:
-    """Long enough to see a job fall behind; short enough that a task lost with its broker
-    holds back a job's announcements briefly (the sweeper re-announces meanwhile)."""
-    return max(QUEUED_FLAG_TTL_S, int(2 * backpressure_lag_s) + 1)
-
-
 def tell(announcement: Announcement, message: dict) -> None:
     """After the commit: enqueue the event's projection and publish it live, with one Redis
-    round trip. A metrics task projects every pending event of its job, so while one is
-    queued for the job a callback needs none: a flag (set if absent, cleared by the task
-    when it takes the job up, see `take_up`) says so, which keeps the queue — and the
-    workers — to one message per job per batch instead of one per callback under load. The
-    flag expires (a task lost with its broker must not silence a job for long), and it holds
-    the time it was set: with the wait `take_up` records, the backpressure signal
-    (services/backpressure.py)."""
-    coalesced = announcement.task in COALESCED_TASKS
+    round trip; a metrics task is queued only if none is queued for the job yet
+    (services/metrics_queue.py), and the wait it reports feeds backpressure."""
+    coalesced = announcement.task == metrics_queue.TASK
     queue_it = True
     try:
         pipe = redis_client(current_app.config["REDIS_URL"]).pipeline(transaction=False)
         now = now_ms()
-        if coalesced:  # the flag holds when it was set: how long the job's metrics wait
-            pipe.set(queued_flag(announcement.job_id), now, nx=True, get=True,
-                     ex=queued_flag_ttl(current_app.config["BACKPRESSURE_LAG_SECONDS"]))
-            pipe.get(last_wait_key(announcement.job_id))
+        if coalesced:
+            metrics_queue.ask(pipe, announcement.job_id, now)
         events.publish_on(pipe, message)
         replies = pipe.execute()
         if coalesced:
-            queued_at, last_wait_ms = replies[0], replies[1]
-            queue_it = queued_at is None
-            waiting_ms = 0 if queued_at is None else now - int(queued_at)
-            current_app.extensions["backpressure"].observe(
-                announcement.job_id, max(waiting_ms, int(last_wait_ms or 0)) / 1000)
+            queue_it, waited_s = metrics_queue.answer(replies[:2], now)
+            current_app.extensions["backpressure"].observe(announcement.job_id, waited_s)
     except redis.RedisError as exc:
         job_logger(__name__, announcement.job_id).warning(
             "event %s not published live (Redis unavailable): %s", announcement.event_id, exc)
     if queue_it:
         send(announcement)
-
-
-def take_up(job_id: int) -> None:
-    """A metrics task clears its job's flag once it holds the job's lock, just before it reads
-    the pending events, so that a callback committed after that read queues a task of its
-    own (not before: a task that only bounces off the lock would hide how long the job's
-    callbacks have waited), and records that wait for backpressure."""
-    try:
-        client = redis_client(current_app.config["REDIS_URL"])
-        queued_at = client.getdel(queued_flag(job_id))
-        if queued_at is not None:
-            client.set(last_wait_key(job_id), now_ms() - int(queued_at),
-                       ex=queued_flag_ttl(current_app.config["BACKPRESSURE_LAG_SECONDS"]))
-    except redis.RedisError as exc:  # the flag expires by itself
-        job_logger(__name__, job_id).warning("queued-task flag not cleared: %s", exc)
 
 
 def record_failure(event_id: int, error: str, *, retryable: bool, max_attempts: int,

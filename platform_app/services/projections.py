@@ -20,7 +20,7 @@ from platform_app.models import (
     utcnow,
 )
 from platform_app.schemas import metric_float
-from platform_app.services import locks, loki, outbox
+from platform_app.services import locks, loki, metrics_queue
 from platform_app.services.errors import SinkRejected
 from platform_app.services.tracking import Point, RunSpec, TrackingService, legal_metric_key
 
@@ -36,7 +36,7 @@ def claim(event_ids: list[int]) -> int:
     return result.rowcount
 
 
-def project_logs(event: Event) -> None:
+def project_logs(event: Event) -> list[int] | None:
     """Into the DB, and first into Loki when LOKI_URL is set (see services/loki.py)."""
     log_type = event.payload.get("log_type", "stdout")
     if current_app.config["LOKI_URL"]:
@@ -44,7 +44,7 @@ def project_logs(event: Event) -> None:
                   event.payload["lines"], event.accepted_ms)
     if not claim([event.id]):
         db.session.rollback()
-        return
+        return []  # another worker claimed it first: nothing to announce
     db.session.execute(sa.insert(LogLine), [
         {"job_id": event.job_id, "event_id": event.id, "seq": seq, "log_type": log_type,
          "line": line, "created_ms": event.accepted_ms}
@@ -53,11 +53,11 @@ def project_logs(event: Event) -> None:
     db.session.commit()
 
 
-def project_validation(event: Event) -> None:
+def project_validation(event: Event) -> list[int] | None:
     """Update-or-create per (job, epoch); an older event never overwrites a newer one."""
     if not claim([event.id]):
         db.session.rollback()
-        return
+        return []  # another worker claimed it first: nothing to announce
     data = event.payload
     existing = db.session.scalar(sa.select(ValidationResult).where(
         ValidationResult.job_id == event.job_id, ValidationResult.epoch == data["epoch"]))
@@ -126,7 +126,7 @@ def project_job_metrics(job_id: int, tracking: TrackingService) -> list[int]:
     batch_size = current_app.config["METRICS_BATCH_EVENTS"]
     projected: list[int] = []
     with locks.job_lock("metrics", job_id) as renew_lock:
-        outbox.take_up(job_id)
+        metrics_queue.take_up(job_id)
         job = db.session.get(Job, job_id)
         run_id = ensure_run(job, tracking)
         more = True

@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from platform_app.services.outbox import queued_flag
+from platform_app.services.metrics_queue import queued_flag
 from tests.api.test_callbacks import PROGRESS
 
 
