@@ -9,5 +9,5 @@ and a few Python clients, and writes `.run/bench/latest.json` plus a markdown ta
 Layout: `settings` (durations and server options), `services` (the stack), `app` +
 `comparison` (the benchmark-only endpoints), `platform_client` (jobs and callback bodies),
 `load` (wrk and its Lua), `paced` (a fixed-rate Python sender that sees each answer),
-`figures/` (one module per group of figures), `targets` and `report`.
+`figures/` (one module per group of figures), `results` (figures and targets) and `report`.
 """

@@ -79,9 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     progress.setup(args.verbose)
     settings = build_settings(args)
     selected = figures.select(args.only)
-    # Placeholders for features not built yet are always reported, selected or not.
-    selected += [(m, m.NAMES) for m in figures.MODULES
-                 if not getattr(m, "BUILT", True) and m not in dict(selected)]
     results = Results(spec for m in figures.MODULES for spec in m.figures(settings))
     targets = [t for m in figures.MODULES for t in m.targets(settings)]
     started, load_before = datetime.now(UTC), os.getloadavg()[0]

@@ -37,7 +37,3 @@ def setup(verbose: bool = False) -> None:
         logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     else:
         logging.getLogger().setLevel(logging.DEBUG if verbose else logging.WARNING)
-
-
-def elapsed_s() -> float:
-    return time.monotonic() - _START

@@ -50,8 +50,6 @@ def write_json(path: Path, meta: dict, results: Results, verdicts: list[Verdict]
 
 
 def format_value(figure: Figure) -> str:
-    if figure.status == Status.NOT_BUILT:
-        return "not measured yet"
     if figure.status == Status.SKIPPED:
         return "— (not selected)"
     if figure.value is None:

@@ -2,7 +2,7 @@
 
 A figure's value is the median of its rounds unless the module says otherwise (ratios of
 paired rounds, percentiles over all samples). Every planned figure appears in the output,
-also when it was not selected or is not built yet, so the JSON always has the same keys.
+also when it was not selected, so the JSON always has the same keys.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from bench.stats import median
 class Status(enum.StrEnum):
     MEASURED = "measured"
     SKIPPED = "skipped"  # not selected with --only
-    NOT_BUILT = "not measured yet"  # the feature it measures does not exist yet
     FAILED = "failed"
 
 
@@ -69,10 +68,6 @@ class Results:
         figure.status = Status.MEASURED if figure.value is not None else Status.FAILED
         figure.note = note
         return figure
-
-    def not_built(self, key: str, note: str) -> None:
-        figure = self.figures[key]
-        figure.status, figure.note = Status.NOT_BUILT, note
 
     def failed(self, keys: Iterable[str], error: str) -> None:
         for key in keys:

@@ -3,7 +3,9 @@
 The same launchers as the tests and `make up` (`platform_app.devstack`), so the services run
 with the flags measured to matter here, but with PostgreSQL as both the platform DB and
 MLflow's store (as in production). The API runs under gunicorn serving `bench.app:app` (the
-real app plus the comparison endpoints) and the Celery workers as `make up` runs them.
+real app plus the comparison endpoints) and the Celery workers with `make up`'s concurrency
+and priority (prefork ×2 at nice 10), beat embedded (-B) and without task events (-E, which
+`make up` turns on for Flower).
 Workers and MLflow can be stopped and started again: the throughput figures measure the API
 alone, and `sink_independence` needs MLflow down.
 """
@@ -45,6 +47,7 @@ from platform_app.devstack import (
 from platform_app.devstack.ports import HOST
 from platform_app.devstack.process import log_tail
 from platform_app.devstack.readiness import LogMarker, http_ok
+from platform_app.services import metrics_queue
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = {"postgres": 60, "redis": 20, "s3": 60, "mlflow": 120, "api": 90, "worker": 90}
@@ -279,9 +282,11 @@ class BenchStack:
             queue = _celery_queue_name()
             keys = [k for k in client.scan_iter(match=f"{queue}*")
                     if k == queue.encode() or k.startswith(queue.encode() + b"\x06\x16")]
-            # Marks of "a task is already queued for this job", should the platform keep
-            # any: with their tasks deleted they would hold back the next phase's tasks.
-            marks = list(client.scan_iter(match="platform:queued:*"))
+            # "A metrics task is queued for this job" flags (with their tasks deleted they
+            # would hold back the next phase's tasks) and the waits recorded at take-up (a
+            # drain's long waits would have the next phase's API answer 429 at once).
+            marks = [k for pattern in metrics_queue.KEY_PATTERNS
+                     for k in client.scan_iter(match=pattern)]
             if keys or marks:
                 client.delete(*keys, *marks)
         finally:

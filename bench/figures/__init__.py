@@ -7,7 +7,7 @@
 
 Modules run in the order below: later ones read earlier results (half load is half the
 measured saturation; freshness loads MLflow at half of what it was measured to absorb).
-Adding a figure group (the SDK's, the WebSocket's) is one module here.
+Adding a figure group is one module here.
 """
 
 from __future__ import annotations

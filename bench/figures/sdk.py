@@ -25,7 +25,6 @@ from platform_app.devstack import free_port
 from trainer_sdk import Client
 
 NAMES = frozenset({"sdk"})
-BUILT = True
 SDK_CALLS = 2000
 MLFLOW_CALLS = 200
 

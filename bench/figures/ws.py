@@ -31,7 +31,6 @@ from bench.settings import BenchSettings
 from bench.stats import percentile
 
 NAMES = frozenset({"ws"})
-BUILT = True
 CLIENTS = 100
 RATE_PER_S = 20
 
