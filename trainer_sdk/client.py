@@ -84,9 +84,11 @@ class Client:
             log_batch_lines=log_batch_lines, log_interval=log_interval,
             spool_after=spool_after, base_delay=retry_base_delay,
             max_delay=retry_max_delay)
+        # synchronous calls (uploads, validation) wait between retries at most 15 s
+        self._sync_delays = {"base_delay": retry_base_delay,
+                             "max_delay": min(retry_max_delay, 15.0)}
         self._uploader = Uploader(self._transport, self.job_id, workers=upload_workers,
-                                  call_timeout=call_timeout, base_delay=retry_base_delay,
-                                  max_delay=min(retry_max_delay, 15.0))
+                                  call_timeout=call_timeout, **self._sync_delays)
         atexit.register(self._close_at_exit)
 
     @classmethod
@@ -234,7 +236,8 @@ class Client:
         path, key = f"validation/jobs/{self.job_id}/results", new_key()
         deadline = time.monotonic() + (self.call_timeout if timeout is None else timeout)
         try:
-            answer = self._transport.call(path, body, idempotency_key=key, deadline=deadline)
+            answer = self._transport.call(path, body, idempotency_key=key, deadline=deadline,
+                                          **self._sync_delays)
         except APIError as exc:
             if not exc.transient:
                 raise

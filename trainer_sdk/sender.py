@@ -149,7 +149,6 @@ class Sender:
         self._log_path: str | None = None
         self._log_type: str | None = None
         self._log_lines: list[str] = []
-        self._log_chars = 0
         self._log_since = 0.0
         self._in_transit = 0          # events on their way from memory to the spool
         self._failures = 0            # consecutive failed attempts of the head event
@@ -158,8 +157,6 @@ class Sender:
         self._closing = False
         self._deadline = float("inf")
         self._abandoned = False
-        self.delivered = 0
-        self.dropped = 0
 
         self._spool: Spool | None = None
         if spool_path is not None:
@@ -201,7 +198,6 @@ class Sender:
                 self._log_since = time.monotonic()
             self._log_path, self._log_type = path, log_type
             self._log_lines.extend(lines)
-            self._log_chars += sum(len(line) for line in lines)
             if first or len(self._log_lines) >= self.log_batch_lines:
                 self._cond.notify_all()  # the thread (re)arms its timer or sends now
 
@@ -254,7 +250,7 @@ class Sender:
 
     def _cut_logs(self) -> None:
         """Turn the buffered lines into `logs` events (at most 10 000 lines / ~1 MiB each)."""
-        lines, self._log_lines, self._log_chars = self._log_lines, [], 0
+        lines, self._log_lines = self._log_lines, []
         start = 0
         while start < len(lines):
             end, chars = start, 0
@@ -400,7 +396,7 @@ class Sender:
             log.error("%d events could not be delivered nor spooled: %s", len(events), exc)
             return
         log.warning("%d events not delivered; kept in %s (replayed by the next client for "
-                    "this job)", self._spool.pending, self._spool.path)
+                    "this job)", len(events), self._spool.path)
 
     def _finish(self) -> None:
         if self._spool is None:
@@ -418,7 +414,6 @@ class Sender:
                                           idempotency_key=event["key"])
         except APIError as exc:
             if not exc.transient:
-                self.dropped += 1
                 self._on_refused(event, exc)
                 return "drop", 0.0
             error: Exception = exc
@@ -427,10 +422,8 @@ class Sender:
             error, delay = exc, None
         except Exception:  # a bug: don't wedge the queue on one event
             log.exception("unexpected error sending a %s event; dropped", event.get("kind"))
-            self.dropped += 1
             return "drop", 0.0
         else:
-            self.delivered += 1
             try:
                 self._on_answer(event, answer)
             except Exception:

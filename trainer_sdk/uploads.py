@@ -119,7 +119,8 @@ class Uploader:
         deadline = now if now < self._degraded_until else now + self.call_timeout
         try:
             answer = self._transport.call(path, body, idempotency_key=new_key(),
-                                          deadline=deadline)
+                                          deadline=deadline, base_delay=self.base_delay,
+                                          max_delay=self.max_delay)
         except APIError as exc:
             if exc.transient:
                 self._degraded_until = time.monotonic() + self.cooldown

@@ -66,6 +66,7 @@ class Reply:
     body: object = field(default_factory=lambda: {"event_id": 1, "job_status": "running"})
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
+    hold: threading.Event | None = None  # answer only once the test sets it (a hung platform)
 
 
 class ScriptedServer:
@@ -95,6 +96,8 @@ class ScriptedServer:
                 reply = outer._reply_for(request)
                 if reply.delay:
                     time.sleep(reply.delay)
+                if reply.hold is not None:
+                    reply.hold.wait(120)
                 data = (reply.body if isinstance(reply.body, bytes)
                         else json.dumps(reply.body).encode())
                 self.send_response(reply.status)

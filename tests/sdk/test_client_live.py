@@ -3,8 +3,8 @@ trainer sent, in order, once — also across an outage, a spool and a replay."""
 
 from __future__ import annotations
 
+import json
 import shutil
-import statistics
 import time
 
 import pytest
@@ -57,7 +57,14 @@ def test_logs_are_batched_by_count_and_by_time(api_app, job, job_client):
     client.log("\n".join(f"line {i}" for i in range(250)))
     assert client.flush(10)
     batches = [len(e.payload["lines"]) for e in stored(api_app, job["job_id"], "logs")]
-    assert batches == [250] or batches == [100, 100, 50]  # flush() cuts what is buffered
+    assert batches == [250]  # flush() cuts what is buffered, in one batch
+
+    counted = job_client(log_batch_lines=100, log_interval=600)  # the timer stays out of it
+    counted.log([f"counted {i}" for i in range(100)])  # a full batch goes without a flush
+    wait_until(lambda: len(stored(api_app, job["job_id"], "logs")) > len(batches), timeout=30,
+               message="the batch cut by its line count")
+    batches = [len(e.payload["lines"]) for e in stored(api_app, job["job_id"], "logs")]
+    assert batches == [250, 100]
 
     client.log(["one", "two"])  # no flush: the interval sends it
     wait_until(lambda: len(stored(api_app, job["job_id"], "logs")) > len(batches), timeout=5,
@@ -118,24 +125,19 @@ def test_a_replayed_spool_stores_nothing_twice(api_app, live, job, job_client, t
     assert epochs(stored(api_app, job["job_id"], "progress")) == list(range(1, 11))
 
 
-def test_report_progress_never_waits_for_the_platform(live, job, job_client):
+def test_reports_during_an_outage_are_all_kept(live, job, job_client):
+    """How long report_progress takes is the benchmark's business (`sdk.*`); here: with the
+    platform gone, every report is accepted and ends up in the spool, none lost."""
     client = job_client(spool_after=0.2)
     metrics = {f"metric/{i}": float(i) for i in range(20)}
     live.stop()
-    durations = []
     for epoch in range(1, 501):
-        started = time.perf_counter()
         client.report_progress(epoch, metrics, total_epochs=500)
-        durations.append(time.perf_counter() - started)
         if epoch % 100 == 0:
             time.sleep(0.3)  # let the sender fail, back off and spool meanwhile
-    durations.sort()
-    p99 = durations[int(len(durations) * 0.99)]
-    assert statistics.median(durations) < 0.001 and p99 < 0.005, (
-        f"median {statistics.median(durations) * 1e3:.3f} ms, p99 {p99 * 1e3:.3f} ms")
-    started = time.monotonic()
     assert client.close(timeout=1) is False
-    assert time.monotonic() - started < 5
+    spooled = [json.loads(line) for line in client.spool_path.read_text().splitlines()]
+    assert [event["body"]["current_epoch"] for event in spooled] == list(range(1, 501))
 
 
 def test_close_is_bounded_and_keeps_what_it_could_not_send(live, job, job_client):
@@ -143,9 +145,7 @@ def test_close_is_bounded_and_keeps_what_it_could_not_send(live, job, job_client
     live.stop()
     for epoch in range(1, 6):
         client.report_progress(epoch, {"loss": 1.0})
-    started = time.monotonic()
     assert client.close(timeout=1) is False
-    assert time.monotonic() - started < 4
     lines = client.spool_path.read_text().splitlines()
     assert len(lines) == 5
 
@@ -162,9 +162,7 @@ def test_transport_errors_never_raise_into_training(make_client, tmp_path):
     client.send_validation({"epoch": 1, "task_type": "detection"}, timeout=0.3)
     assert client.complete(timeout=0.3) is False
     assert client.stop_requested is False
-    started = time.monotonic()
-    client.close()
-    assert time.monotonic() - started < 4
+    assert client.close() is False  # what it could not send stays in the spool
 
 
 def test_finished_job_drops_progress_and_carries_on(api_app, api, job, job_client, caplog):
@@ -231,16 +229,12 @@ def test_bad_arguments_raise_at_once(make_client):
 
 
 def test_an_operator_cancel_reaches_the_trainer(api, job, job_client):
-    """Needs the platform's cancel endpoint (issue 4); skipped until it exists."""
     client = job_client()
     client.report_progress(1, {"loss": 1.0})
     assert client.flush(5)
     response = api.client.post(f"/api/v1/training/jobs/{job['job_id']}/cancel",
                                headers=api.operator)
-    if response.status_code in (404, 405) and response.get_json().get("error_code") in (
-            "NOT_FOUND", "METHOD_NOT_ALLOWED"):
-        pytest.skip("the platform has no cancel endpoint yet")
-    assert response.status_code in (200, 202), response.get_json()
+    assert response.status_code == 202, response.get_json()
     client.report_progress(2, {"loss": 0.9})
     assert client.flush(5)
     assert client.stop_requested is True

@@ -9,7 +9,6 @@ import hashlib
 import importlib.util
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -103,9 +102,7 @@ def test_detection_run_lands_in_mlflow_the_store_and_the_validation_tables(
                       EPOCHS="2", IMGSZ="128", BATCH="8")
     assert_no_secrets(env, stack)
 
-    started = time.monotonic()
     result = run_trainer(env)
-    print(f"detection trainer: {time.monotonic() - started:.1f} s")
     output = result.stdout + result.stderr
     assert "Downloading" not in output and "MLflow" not in output  # offline, no own MLflow
 

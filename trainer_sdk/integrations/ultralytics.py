@@ -66,6 +66,7 @@ def _ctx(trainer) -> dict | None:
 
 def _guarded(fn):
     """Never let a reporting problem reach the training loop."""
+    @functools.wraps(fn)
     def wrapper(trainer, client, **options):
         if not _reporting():
             return
@@ -73,8 +74,6 @@ def _guarded(fn):
             fn(trainer, client, **options)
         except Exception as exc:  # noqa: BLE001 - reporting must not stop training
             log.warning("trainer_sdk %s failed: %s", fn.__name__, exc, exc_info=True)
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
     return wrapper
 
 
