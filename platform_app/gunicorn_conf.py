@@ -14,6 +14,9 @@ bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gthread"
 threads = int(os.environ.get("GUNICORN_THREADS", "128"))
+# One SO_REUSEPORT socket per process: the kernel spreads connections across processes
+# (one shared socket let the greediest process take a client's every keep-alive connection).
+reuse_port = True
 keepalive = 5
 timeout = 60
 graceful_timeout = 20
