@@ -142,8 +142,9 @@ class Config:
 def _engine_options(url: str, pool_size: int) -> dict:
     """SQLite waits for the writer lock instead of failing at once. PostgreSQL keeps a pool
     per process as large as the requests it runs at once — a connection opened beyond it is
-    closed again after one request, and opening one costs more than the request — and drops
-    dead connections before use (after a DB restart)."""
+    closed again after one request, and opening one costs more than the request. Dead
+    connections (after a DB restart) are found by extensions._ping_if_idle, not by
+    pool_pre_ping, whose round trip on every checkout cost the callback path ~10 %."""
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": 30}}
-    return {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": pool_size}
+    return {"pool_size": pool_size, "max_overflow": pool_size}

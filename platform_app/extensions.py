@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from celery import Celery, Task
 from flask import Flask
 from flask_migrate import Migrate
@@ -10,6 +12,8 @@ from flask_sock import Sock
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.pool import Pool
 from sqlalchemy.orm import DeclarativeBase
 
 
@@ -33,6 +37,36 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
+
+
+# A pooled connection idle for longer than this is checked before use.
+PING_AFTER_IDLE_S = 1.0
+
+
+@event.listens_for(Pool, "checkin")
+def _mark_idle(_dbapi_connection, record) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+@event.listens_for(Pool, "checkout")
+def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
+    """Pessimistic disconnect handling, only where it can matter: a connection that sat in
+    the pool may have died with a DB restart, one in steady use would have failed already.
+    (pool_pre_ping pinged on every checkout: a round trip per request.) Raising
+    DisconnectionError makes the pool replace the connection — SQLAlchemy's documented
+    recipe for a custom ping."""
+    idle_since = record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_S:
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+        dbapi_connection.rollback()  # end the transaction the ping began
+    except Exception as exc:  # any failure means this connection cannot be trusted
+        raise DisconnectionError(str(exc)) from exc
 
 
 def celery_init_app(app: Flask) -> Celery:
