@@ -32,10 +32,10 @@ from bench.progress import log
 from bench.settings import BenchSettings
 from platform_app.config import Config
 from platform_app.devstack import (
-    WORKER_PRIORITY,
     ManagedProcess,
     S3Settings,
     ServiceStartError,
+    celery_worker_command,
     create_database,
     find_binary,
     free_port,
@@ -214,12 +214,9 @@ class BenchStack:
         log.info("starting Celery workers (prefork, concurrency %d, embedded beat)",
                  self.settings.worker_concurrency)
         log_path = self.log("worker")
-        command = [
-            *WORKER_PRIORITY, find_binary("celery"), "-A", "workers", "worker", "-B",
-            "--loglevel", "INFO",
-            "--concurrency", str(self.settings.worker_concurrency),
-            "--schedule", str(self.workdir / "celerybeat-schedule"),
-        ]  # fmt: skip
+        command = celery_worker_command(
+            "-B", "--schedule", str(self.workdir / "celerybeat-schedule"),
+            concurrency=self.settings.worker_concurrency)
         proc = ManagedProcess("worker", command, self.platform_env("worker"), log_path,
                               LogMarker(log_path, " ready."), cwd=PROJECT_ROOT)
         self._procs["worker"] = proc.start_and_wait(START_TIMEOUT["worker"])

@@ -12,6 +12,8 @@ import dataclasses
 import importlib.util
 from dataclasses import dataclass
 
+from platform_app.devstack import WORKER_CONCURRENCY
+
 # What `make up` ran before the platform had its own gunicorn config module.
 FALLBACK_GUNICORN_ARGS: tuple[str, ...] = (
     "--worker-class", "gthread", "--workers", "2", "--threads", "4")  # fmt: skip
@@ -48,7 +50,7 @@ class BenchSettings:
     upload_rounds: int
     upload_part_threads: int  # parallel part PUTs on the platform's multipart path
     gunicorn_args: tuple[str, ...] = ()  # empty: platform_gunicorn_args()
-    worker_concurrency: int = 2  # as `make up` runs it
+    worker_concurrency: int = WORKER_CONCURRENCY  # as `make up` runs it
     metrics_per_callback: int = 20
 
     @classmethod

@@ -8,7 +8,8 @@ from .ports import free_port, free_ports, port_or_free
 from .process import ManagedProcess, ServiceStartError, find_binary
 from .readiness import S3Settings
 from .services import (
-    WORKER_PRIORITY,
+    WORKER_CONCURRENCY,
+    celery_worker_command,
     create_database,
     mlflow_server,
     postgres_cluster,
@@ -17,7 +18,8 @@ from .services import (
 )
 
 __all__ = [
-    "WORKER_PRIORITY",
+    "WORKER_CONCURRENCY",
+    "celery_worker_command",
     "ManagedProcess",
     "S3Settings",
     "ServiceStartError",

@@ -33,6 +33,14 @@ SEAWEED_GRPC_OFFSET = 10000
 # Celery workers yield the CPU to the API on a shared machine: the request path is what
 # trainers wait on, the queue absorbs the rest (bench: half-load p99 with workers draining).
 WORKER_PRIORITY = ("nice", "-n", "10")
+WORKER_CONCURRENCY = 2  # prefork children: one per core here
+
+
+def celery_worker_command(*extra: str, concurrency: int = WORKER_CONCURRENCY) -> list[str]:
+    """The platform's Celery worker, as `make up` and the benchmark run it; `extra` adds
+    what only one of them wants (task events for Flower, an embedded beat)."""
+    return [*WORKER_PRIORITY, find_binary("celery"), "-A", "workers", "worker",
+            "--loglevel", "INFO", "--concurrency", str(concurrency), *extra]
 
 
 def _service_dir(data_dir: Path | str) -> Path:

@@ -196,8 +196,7 @@ def _app_commands(run: RunDir) -> dict[str, str]:
         " -c python:platform_app.gunicorn_conf"
         f" --bind {HOST}:$API_PORT --control-socket {control_socket} wsgi:app",
         "worker": f"env PROMETHEUS_MULTIPROC_DIR={worker_metrics}"
-        f" {shlex.join(services.WORKER_PRIORITY)} {celery} -A workers worker"
-        " --loglevel INFO --concurrency 2 -E",
+        f" {shlex.join(services.celery_worker_command('-E'))}",
         "beat": f"{celery} -A workers beat --loglevel INFO --schedule {schedule}",
         "flower": f"{celery} -A workers flower --port=$FLOWER_PORT --address={HOST}",
     }
