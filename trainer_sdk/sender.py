@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trainer_sdk.errors import APIError, TransportError
-from trainer_sdk.transport import MAX_RETRY_AFTER, Transport, backoff_delay
+from trainer_sdk.transport import Transport, retry_delay
 
 try:
     import fcntl
@@ -412,14 +412,12 @@ class Sender:
         try:
             answer = self._transport.post(event["path"], event["body"],
                                           idempotency_key=event["key"])
-        except APIError as exc:
-            if not exc.transient:
+        except (APIError, TransportError) as exc:
+            error = exc
+            delay = retry_delay(exc, self._failures + 1, self.base_delay, self.max_delay)
+            if delay is None:
                 self._on_refused(event, exc)
                 return "drop", 0.0
-            error: Exception = exc
-            delay = exc.retry_after
-        except TransportError as exc:
-            error, delay = exc, None
         except Exception:  # a bug: don't wedge the queue on one event
             log.exception("unexpected error sending a %s event; dropped", event.get("kind"))
             return "drop", 0.0
@@ -429,9 +427,6 @@ class Sender:
             except Exception:
                 log.exception("error handling the answer to a %s event", event.get("kind"))
             return "ok", 0.0
-        if delay is None:
-            delay = backoff_delay(self._failures + 1, self.base_delay, self.max_delay)
-        delay = min(delay, MAX_RETRY_AFTER)
         if self._failures == 0:
             log.warning("could not send %s event (%s); retrying in %.1f s, training goes on",
                         event.get("kind"), error, delay)

@@ -53,6 +53,19 @@ def backoff_delay(attempt: int, base: float, cap: float) -> float:
     return delay * random.uniform(0.75, 1.25)
 
 
+def retry_delay(error: APIError | TransportError, attempt: int, base: float,
+                cap: float) -> float | None:
+    """The one retry rule of every loop in the SDK: seconds to wait before trying again
+    after `error` (the `attempt`-th failure), or None when trying again cannot help (a
+    refusal). The server's Retry-After wins over backoff; either is capped."""
+    if isinstance(error, APIError) and not error.transient:
+        return None
+    delay = error.retry_after if isinstance(error, APIError) else None
+    if delay is None:
+        delay = backoff_delay(attempt, base, cap)
+    return min(delay, MAX_RETRY_AFTER)
+
+
 class Transport:
     """Authenticated JSON calls to one job's callback API, plus raw PUTs for uploads."""
 
@@ -117,20 +130,14 @@ class Transport:
             attempt += 1
             try:
                 return self.post(path, body, idempotency_key=idempotency_key)
-            except APIError as exc:
-                if not exc.transient:
+            except (APIError, TransportError) as error:
+                delay = retry_delay(error, attempt, base_delay, max_delay)
+                remaining = deadline - time.monotonic()
+                if (delay is None or self._closed.is_set() or remaining <= 0
+                        or delay > remaining):
                     raise
-                error: Exception = exc
-                delay = exc.retry_after
-            except TransportError as exc:
-                error, delay = exc, None
-            if delay is None:
-                delay = backoff_delay(attempt, base_delay, max_delay)
-            delay = min(delay, MAX_RETRY_AFTER)
-            remaining = deadline - time.monotonic()
-            if self._closed.is_set() or remaining <= 0 or delay > remaining:
-                raise error
-            log.info("POST %s failed (%s); retry %d in %.1f s", path, error, attempt, delay)
+                log.info("POST %s failed (%s); retry %d in %.1f s", path, error, attempt,
+                         delay)
             time.sleep(delay)
 
     def put(self, url: str, data: Any, headers: dict[str, str], *, timeout=None

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainer_sdk.errors import APIError, SDKError, TransportError
+from trainer_sdk.errors import APIError, TransportError
 from trainer_sdk.sender import new_key
-from trainer_sdk.transport import MAX_RETRY_AFTER, Transport, backoff_delay
+from trainer_sdk.transport import Transport, retry_delay
 
 log = logging.getLogger("trainer_sdk")
 
@@ -176,19 +176,11 @@ class Uploader:
         for number in range(1, self.part_attempts + 1):
             try:
                 return attempt()
-            except APIError as exc:
-                if not exc.transient or number == self.part_attempts:
+            except (APIError, TransportError) as error:
+                delay = retry_delay(error, number, self.base_delay, self.max_delay)
+                if delay is None or number == self.part_attempts:
                     raise
-                delay = exc.retry_after
-                error: SDKError = exc
-            except TransportError as exc:
-                if number == self.part_attempts:
-                    raise
-                delay, error = None, exc
-            if delay is None:
-                delay = backoff_delay(number, self.base_delay, self.max_delay)
-            delay = min(delay, MAX_RETRY_AFTER)
-            log.warning("upload of %s failed (%s); attempt %d of %d in %.1f s", what, error,
-                        number + 1, self.part_attempts, delay)
+                log.warning("upload of %s failed (%s); attempt %d of %d in %.1f s", what,
+                            error, number + 1, self.part_attempts, delay)
             time.sleep(delay)
         raise AssertionError("unreachable")

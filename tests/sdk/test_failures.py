@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from tests.sdk.servers import Reply
-from trainer_sdk import APIError, sender
+from trainer_sdk import APIError, transport
 from trainer_sdk.errors import parse_retry_after
 from trainer_sdk.transport import backoff_delay
 
@@ -28,7 +28,7 @@ def test_5xx_is_retried_with_backoff_and_order_is_kept(scripted, make_client, mo
         backoffs.append(attempt)
         return backoff_delay(attempt, base, cap)
 
-    monkeypatch.setattr(sender, "backoff_delay", recording_backoff)
+    monkeypatch.setattr(transport, "backoff_delay", recording_backoff)
     # the adapter retries 500/502/504 twice at once; the sender then backs off
     scripted.script(PROGRESS, [Reply(503, {"error_code": "DEPENDENCY_UNAVAILABLE",
                                            "message": "db down", "details": {}})] * 3
