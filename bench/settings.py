@@ -9,21 +9,12 @@ code paths in seconds.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from dataclasses import dataclass
 
 from platform_app.devstack import WORKER_CONCURRENCY
 
-# What `make up` ran before the platform had its own gunicorn config module.
-FALLBACK_GUNICORN_ARGS: tuple[str, ...] = (
-    "--worker-class", "gthread", "--workers", "2", "--threads", "4")  # fmt: skip
-
-
-def platform_gunicorn_args() -> tuple[str, ...]:
-    """The API's own gunicorn settings, so the benchmark measures what is deployed."""
-    if importlib.util.find_spec("platform_app.gunicorn_conf") is not None:
-        return ("-c", "python:platform_app.gunicorn_conf")
-    return FALLBACK_GUNICORN_ARGS
+# The API's own gunicorn settings, so the benchmark measures what is deployed.
+PLATFORM_GUNICORN_ARGS: tuple[str, ...] = ("-c", "python:platform_app.gunicorn_conf")
 
 
 @dataclass(frozen=True)
@@ -49,7 +40,7 @@ class BenchSettings:
     upload_sizes_mib: tuple[int, ...]
     upload_rounds: int
     upload_part_threads: int  # parallel part PUTs on the platform's multipart path
-    gunicorn_args: tuple[str, ...] = ()  # empty: platform_gunicorn_args()
+    gunicorn_args: tuple[str, ...] = ()  # empty: PLATFORM_GUNICORN_ARGS
     worker_concurrency: int = WORKER_CONCURRENCY  # as `make up` runs it
     metrics_per_callback: int = 20
 
@@ -92,7 +83,7 @@ class BenchSettings:
 
     def resolved(self) -> BenchSettings:
         """Defaults that depend on the code being measured, filled in."""
-        return self if self.gunicorn_args else self.with_gunicorn(platform_gunicorn_args())
+        return self if self.gunicorn_args else self.with_gunicorn(PLATFORM_GUNICORN_ARGS)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -47,8 +47,8 @@ def run_projection(task: Task, event_id: int,
                    project: Callable[[Event], list[int] | dict | None]) -> bool:
     """`project` returns what to announce: the ids of the events it projected (a batch; none
     when another worker claimed them first), or details about this event (e.g. an upload's
-    verdict). Returns False when the event was
-    no longer pending (a duplicate delivery, or failed for good) and nothing was done."""
+    verdict). Returns False when the event was no longer pending (a duplicate delivery, or
+    failed for good) and nothing was done."""
     event = db.session.get(Event, event_id)
     if event is None or event.state != EventState.PENDING:
         db.session.rollback()  # the next look-up must see what others committed meanwhile

@@ -4,9 +4,11 @@ progress callbacks; nothing it already sent is lost and its other callbacks stil
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import redis
 
+from platform_app.services import backpressure
 from platform_app.services.metrics_queue import queued_flag
 from tests.api.test_callbacks import PROGRESS
 
@@ -50,7 +52,8 @@ def test_the_hold_ends_after_retry_after(api, api_config, monkeypatch):
     api.callback(job, "progress", PROGRESS, expect=429)
     redis.Redis.from_url(api_config.REDIS_URL).delete(queued_flag(job["job_id"]))  # caught up
     later = time.monotonic() + api_config.BACKPRESSURE_RETRY_AFTER_SECONDS + 0.1
-    monkeypatch.setattr(time, "monotonic", lambda: later)
+    # the API process's clock only (patching time.monotonic itself would move every clock)
+    monkeypatch.setattr(backpressure, "time", SimpleNamespace(monotonic=lambda: later))
     api.callback(job, "progress", {**PROGRESS, "current_epoch": 2})
     api.callback(job, "progress", {**PROGRESS, "current_epoch": 3})
     assert api.job(job["job_id"])["current_epoch"] == 3
