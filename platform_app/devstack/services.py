@@ -34,6 +34,15 @@ SEAWEED_GRPC_OFFSET = 10000
 # trainers wait on, the queue absorbs the rest (bench: half-load p99 with workers draining).
 WORKER_PRIORITY = ("nice", "-n", "10")
 WORKER_CONCURRENCY = 2  # prefork children: one per core here
+# MLflow under gunicorn, one process per core: a single process caps MLflow at one core while
+# the platform's workers write several jobs' batches at once (~1.8× the metrics/s with two
+# writers here). Not uvicorn: with several uvicorn workers a kept-alive client stalls ~40 ms
+# a request (Nagle, shared/notes/mlflow-and-queue.md). Sync workers block for a whole request,
+# so the timeout must cover a large artifact upload through the proxy; the access log is what
+# the benchmark counts MLflow requests in; gunicorn's control socket is one per user unless
+# told otherwise, and the API's gunicorn has its own.
+MLFLOW_WORKERS = 2
+MLFLOW_GUNICORN_OPTS = "--timeout 600 --access-logfile - --no-control-socket"
 
 
 def celery_worker_command(*extra: str, concurrency: int = WORKER_CONCURRENCY) -> list[str]:
@@ -156,9 +165,9 @@ def mlflow_server(
     backend_store_uri: str | None = None,
     log_path: Path | None = None,
 ) -> ManagedProcess:
-    """One uvicorn worker (several stall ~40 ms per request on delayed ACKs here) and no
-    job runner (8 extra processes, ~1.3 GB). Artifacts are proxied by the server so that
-    trainers only need the tracking URI, not S3 credentials."""
+    """gunicorn with MLFLOW_WORKERS processes and no job runner (8 extra processes,
+    ~1.3 GB). Artifacts are proxied by the server so that trainers only need the tracking
+    URI, not S3 credentials."""
     data_dir = _service_dir(data_dir)
     uri = f"http://{HOST}:{port}"
     store = backend_store_uri or f"sqlite:///{data_dir / 'mlflow.db'}"
@@ -183,7 +192,8 @@ def mlflow_server(
         "--backend-store-uri", store,
         "--host", HOST,
         "--port", str(port),
-        "--workers", "1",
+        "--workers", str(MLFLOW_WORKERS),
+        "--gunicorn-opts", MLFLOW_GUNICORN_OPTS,
         "--serve-artifacts",
         "--artifacts-destination", destination,
     ]  # fmt: skip
