@@ -72,8 +72,9 @@ def _complete(job_id: int, purpose: UploadPurpose, data: dict):
         raise APIError.validation("parts", "are required for a multipart upload and only then")
 
     def link(job: sa.Row, payload: dict) -> outbox.Effect:
-        def record(event_id: int) -> None:
-            upload.complete_event_id = event_id
+        def record(connection: sa.Connection, event_id: int) -> None:
+            connection.execute(sa.update(Upload).where(Upload.id == upload.id)
+                               .values(complete_event_id=event_id))
 
         return outbox.Effect(response={"upload_id": upload.upload_id,
                                        "s3_uri": uploads.get_store().uri(upload.key)},

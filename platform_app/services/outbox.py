@@ -55,7 +55,8 @@ class Effect:
 
     job_changes: dict = field(default_factory=dict)  # jobs column → new value
     response: dict = field(default_factory=dict)  # extra fields of the 202 body
-    on_inserted: Callable[[int], None] | None = None  # gets the event id (e.g. link a row)
+    # gets the transaction's connection and the event id (e.g. to link a row to the event)
+    on_inserted: Callable[[sa.Connection, int], None] | None = None
 
 
 # Built once: a statement object caches its compiled form and cache key.
@@ -91,60 +92,53 @@ def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | N
 
 def store(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | None,
           rule: Rule | None = None, state: EventState = EventState.PENDING) -> Accepted:
-    """Persist one callback in one short transaction of plain statements (the ORM's unit of
-    work cost more CPU than everything else on this path). `rule(job, payload)` decides the
-    callback's effect or raises APIError to refuse it, which then leaves nothing behind."""
+    """Persist one callback in one short transaction of plain statements on a connection of
+    its own: the ORM session's unit of work and transaction bookkeeping cost more CPU than the
+    statements themselves. `rule(job, payload)` decides the callback's effect or raises
+    APIError to refuse it, which then leaves nothing behind."""
     digest = request_hash(kind, payload)
-    connection = db.session.connection()
+    with db.engine.connect() as connection:
+        try:
+            accepted = _store_on(connection, job_id, kind, payload, idempotency_key, digest,
+                                 rule, state)
+            connection.commit()
+            return accepted
+        except (APIError, IntegrityError):
+            # A repeated Idempotency-Key is rare: the unique constraint finds it, instead of
+            # a look-up on every request. And a retried callback whose first attempt moved
+            # the job on (a completion) gets its first answer, not the refusal its second
+            # attempt would earn.
+            connection.rollback()
+            earlier = _replay(connection, job_id, idempotency_key, digest) \
+                if idempotency_key else None
+            if earlier is None:
+                raise
+            return earlier
+
+
+def _store_on(connection: sa.Connection, job_id: int, kind: EventKind, payload: dict,
+              idempotency_key: str | None, digest: str, rule: Rule | None,
+              state: EventState) -> Accepted:
     job = connection.execute(JOB_FOR_RULES, {"job_id": job_id}).one_or_none()
     if job is None:
         raise APIError.not_found("job", job_id=job_id)
-    try:
-        effect = rule(job, payload) if rule is not None else Effect()
-    except APIError:
-        # A retried callback whose first attempt moved the job on (a completion) gets its
-        # first answer, not the refusal its second attempt would earn.
-        earlier = _replay(job_id, idempotency_key, digest) if idempotency_key else None
-        db.session.rollback()
-        if earlier is None:
-            raise
-        return earlier
+    effect = rule(job, payload) if rule is not None else Effect()
     status = effect.job_changes.get("status", job.status)
     response = {"job_id": job_id, "kind": kind.value, "job_status": status.value,
                 **effect.response}
-    try:
-        # A repeated Idempotency-Key is rare: the unique constraint finds it, instead of a
-        # look-up on every request.
-        event = connection.execute(INSERT_EVENT, {
-            "job_id": job_id, "kind": kind, "payload": payload,
-            "idempotency_key": idempotency_key, "request_hash": digest, "response": response,
-            "state": state,
-        }).one()
-    except IntegrityError as error:
-        return _answer_as_before(job_id, idempotency_key, digest, error)
+    event = connection.execute(INSERT_EVENT, {
+        "job_id": job_id, "kind": kind, "payload": payload, "idempotency_key": idempotency_key,
+        "request_hash": digest, "response": response, "state": state,
+    }).one()
     if effect.job_changes:
         connection.execute(UPDATE_JOB, {"target_job_id": job_id, **effect.job_changes})
     if effect.on_inserted is not None:
-        effect.on_inserted(event.id)
-    try:
-        db.session.commit()
-    except IntegrityError as error:
-        return _answer_as_before(job_id, idempotency_key, digest, error)
+        effect.on_inserted(connection, event.id)
     return Accepted(body=body_of(event.id, response), replayed=False, event=event)
 
 
-def _answer_as_before(job_id: int, key: str | None, digest: str,
-                      error: IntegrityError) -> Accepted:
-    """The key was used before (or by a concurrent request that won): its first answer."""
-    db.session.rollback()
-    earlier = _replay(job_id, key, digest) if key else None
-    if earlier is None:
-        raise error
-    return earlier
-
-
-def _replay(job_id: int, key: str, digest: str) -> Accepted | None:
-    earlier = db.session.execute(
+def _replay(connection: sa.Connection, job_id: int, key: str, digest: str) -> Accepted | None:
+    earlier = connection.execute(
         sa.select(Event.id, Event.request_hash, Event.response)
         .where(Event.job_id == job_id, Event.idempotency_key == key)
     ).first()
