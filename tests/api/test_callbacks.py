@@ -37,6 +37,8 @@ def test_progress_is_accepted_and_moves_the_job_to_running(api):
     ({"current_epoch": 1, "metrics": {"loss": "high"}}, "metrics"),
     ({"current_epoch": 1, "metrics": {"loss": True}}, "metrics"),
     ({"current_epoch": 1, "metrics": {"x" * 251: 1.0}}, "metrics"),
+    ({"current_epoch": 1, "metrics": {"": 1.0}}, "metrics"),
+    ({"current_epoch": 1, "metrics": {"loss": 0.5, "big": 10 ** 400}}, "metrics"),
     ({"current_epoch": 1, "status": "done"}, "status"),
 ])
 def test_invalid_progress_names_the_field(api, api_app, body, field):
@@ -80,6 +82,14 @@ def test_nan_and_infinity_are_kept_as_tokens(api):
     assert response.status_code == 202, response.get_json()
     metrics = api.get(f"/api/v1/training/jobs/{job['job_id']}/metrics")["items"][0]["metrics"]
     assert metrics == {"loss": "NaN", "lr": "Infinity", "x": None}
+
+
+def test_metric_values_are_stored_as_sent(api):
+    job = api.create_job()
+    sent = {"loss": 0.125, "count": 7, "huge": 1e308, "tiny": -5e-324, "unmeasured": None}
+    api.callback(job, "progress", {"current_epoch": 1, "metrics": sent})
+    metrics = api.get(f"/api/v1/training/jobs/{job['job_id']}/metrics")["items"][0]["metrics"]
+    assert metrics == sent and type(metrics["count"]) is int
 
 
 def test_missing_forged_and_expired_tokens_are_401(api, api_config, monkeypatch):
