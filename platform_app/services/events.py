@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import redis
 
-from platform_app.models import Event, EventKind
+from platform_app.models import Event, EventKind, EventState
 from platform_app.services.redis_client import redis_client
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,22 @@ def channel(job_id: int) -> str:
     return f"{CHANNEL_PREFIX}{job_id}"
 
 
-def message_of(event: Event) -> dict:
+@dataclass(frozen=True)
+class StoredEvent:
+    """A just-accepted event as it is announced and published: the columns its INSERT
+    returned plus what the callback sent (reading the row back, payload and all, cost more
+    CPU than the INSERT)."""
+
+    id: int
+    job_id: int
+    kind: EventKind
+    payload: dict
+    state: EventState
+    accepted_ms: int
+    task_id: str
+
+
+def message_of(event: Event | StoredEvent) -> dict:
     """The live form of an accepted callback — the same whether published or replayed."""
     payload = {k: v for k, v in event.payload.items() if k not in SUMMARY_DROPS}
     kind_type = TYPE_BY_KIND[event.kind]

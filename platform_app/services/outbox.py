@@ -45,7 +45,7 @@ TASK_BY_KIND = {
 class Accepted:
     body: dict
     replayed: bool
-    event: sa.Row | None = None  # the stored event; None for a replayed answer
+    event: events.StoredEvent | None = None  # None for a replayed answer
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Effect:
 # job apply their rules one after the other.
 JOB_FOR_RULES = (sa.select(Job.id, Job.status, Job.current_epoch, Job.started_at)
                  .where(Job.id == sa.bindparam("job_id")).with_for_update())
-INSERT_EVENT = sa.insert(Event).returning(*Event.__table__.c)
+INSERT_EVENT = sa.insert(Event).returning(Event.id, Event.accepted_ms, Event.task_id)
 UPDATE_JOB = sa.update(Job).where(Job.id == sa.bindparam("target_job_id"))  # SET: the params
 Rule = Callable[[sa.Row, dict], Effect]
 
@@ -126,10 +126,12 @@ def _store_on(connection: sa.Connection, job_id: int, kind: EventKind, payload: 
     status = effect.job_changes.get("status", job.status)
     response = {"job_id": job_id, "kind": kind.value, "job_status": status.value,
                 **effect.response}
-    event = connection.execute(INSERT_EVENT, {
+    inserted = connection.execute(INSERT_EVENT, {
         "job_id": job_id, "kind": kind, "payload": payload, "idempotency_key": idempotency_key,
         "request_hash": digest, "response": response, "state": state,
     }).one()
+    event = events.StoredEvent(inserted.id, job_id, kind, payload, state, inserted.accepted_ms,
+                               inserted.task_id)
     if effect.job_changes:
         connection.execute(UPDATE_JOB, {"target_job_id": job_id, **effect.job_changes})
     if effect.on_inserted is not None:
@@ -161,7 +163,7 @@ class Announcement:
     task_id: str
 
     @classmethod
-    def of(cls, event: Event) -> Announcement:
+    def of(cls, event: Event | events.StoredEvent) -> Announcement:
         return cls(TASK_BY_KIND[event.kind], event.id, event.job_id, event.task_id)
 
 
