@@ -4,10 +4,12 @@ Nothing here needs a worker: it checks what was stored and answered."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
+from platform_app import auth
 from platform_app.auth import CALLBACK_SALT
 from platform_app.extensions import db
 from platform_app.models import Event
@@ -110,6 +112,15 @@ def test_missing_forged_and_expired_tokens_are_401(api, api_config, monkeypatch)
     assert [r.status_code for r in responses] == [401, 401, 401]
     assert [r.get_json()["error_code"] for r in responses] == [
         "UNAUTHENTICATED", "INVALID_TOKEN", "TOKEN_EXPIRED"]
+
+
+def test_a_token_in_use_still_expires(api, api_config, monkeypatch):
+    job = api.create_job()
+    api.callback(job, "progress", PROGRESS)  # verified once, then remembered by the process
+    later = time.time() + api_config.CALLBACK_TOKEN_TTL_SECONDS + 10
+    monkeypatch.setattr(auth, "time", SimpleNamespace(time=lambda: later))
+    response = api.callback(job, "progress", {**PROGRESS, "current_epoch": 2}, expect=401)
+    assert response.get_json()["error_code"] == "TOKEN_EXPIRED"
 
 
 def test_token_of_another_job_is_403(api, api_app):
