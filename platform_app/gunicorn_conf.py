@@ -6,6 +6,7 @@ that sockets never take the last threads HTTP requests need. Processes scale the
 (`WEB_CONCURRENCY`); threads scale the socket side.
 """
 
+import gc
 import os
 
 from platform_app.metrics import archive_dead_process, clear_directory
@@ -24,6 +25,14 @@ graceful_timeout = 20
 
 def on_starting(server) -> None:
     clear_directory()
+
+
+def post_worker_init(worker) -> None:
+    """What the app allocated while loading (Flask, SQLAlchemy, MLflow's client: ~320 000
+    objects) lives as long as the process: frozen out of the collector's sight. Otherwise a
+    full collection walks all of it — a ~150 ms pause of every request in the process, the
+    half-load p99 of a run that caught one."""
+    gc.freeze()
 
 
 def child_exit(server, worker) -> None:
