@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install system-deps trainer-env test test-fast up down status demo bench lint clean
+.PHONY: help install system-deps trainer-env test test-fast up down status demo bench bench-instructions lint clean
 
 help:
 	@echo "make demo    start the local stack and run a training job end to end"
@@ -16,6 +16,7 @@ help:
 	@echo "make down    stop it"
 	@echo "make status  which services answer"
 	@echo "make bench   measure the request path, MLflow throughput, uploads (.run/bench)"
+	@echo "make bench-instructions  instructions per callback in the API (callgrind, ~4 min)"
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -56,6 +57,10 @@ demo: up trainer-env
 # .run/bench/latest.json. `make bench BENCH_ARGS=--quick` for a short sanity run.
 bench: install
 	$(PY) -m bench $(BENCH_ARGS)
+
+# Instructions per progress callback in the API process (valgrind): exact where req/s drifts.
+bench-instructions: install
+	$(PY) -m bench.instructions
 
 lint: install
 	$(VENV)/bin/ruff check .
