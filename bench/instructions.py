@@ -23,12 +23,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.platform_client import JOBS_PATH, METRIC_KEYS, PROGRESS_PATH, job_body, progress_body
 from bench.services import PROJECT_ROOT
 from platform_app.devstack import create_database, free_port, postgres_cluster, redis_server
 
 JOBS = 50
 WARMUP = 50  # callbacks before the counted ones, in both runs
-METRICS = 20
 _COLLECTED = re.compile(r"Collected : (\d+)")
 
 
@@ -40,19 +40,15 @@ def run_callbacks(count: int) -> None:
     app = create_app()
     init_platform(app, bucket=False)
     client = app.test_client()
-    key = {"X-API-Key": app.config["OPERATOR_API_KEY"]}
-    jobs = []
-    for _ in range(JOBS):
-        created = client.post("/api/v1/training/jobs", headers=key, json={
-            "model_name": "yolov8n", "task_type": "detection", "experiment_name": "bench"})
-        jobs.append((created.json["job_id"], created.json["callback_token"]))
+    jobs = [client.post(JOBS_PATH, json=job_body("instructions"),
+                        headers={"X-API-Key": app.config["OPERATOR_API_KEY"]}).json
+            for _ in range(JOBS)]
     for n in range(WARMUP + count):
-        job_id, token = jobs[n % JOBS]
-        body = json.dumps({"current_epoch": n, "total_epochs": 100_000,
-                           "metrics": {f"metrics/key{k}": 0.001 * n + k for k in range(METRICS)}})
-        answer = client.post(f"/api/v1/training/jobs/{job_id}/callback/progress", data=body,
+        job = jobs[n % JOBS]
+        answer = client.post(PROGRESS_PATH.format(job_id=job["job_id"]),
+                             data=json.dumps(progress_body(n, n // JOBS)),
                              content_type="application/json",
-                             headers={"Authorization": f"Bearer {token}"})
+                             headers={"Authorization": f"Bearer {job['callback_token']}"})
         if answer.status_code != 202:
             raise RuntimeError(f"callback refused: {answer.status_code} {answer.json}")
 
@@ -101,7 +97,7 @@ def main() -> None:
             postgres.stop()
     per_callback = (totals[args.long] - totals[args.short]) / (args.long - args.short)
     print(f"{per_callback / 1e6:.3f} M instructions per progress callback "
-          f"({METRICS} metrics, {JOBS} jobs; runs of {args.short} and {args.long})")
+          f"({len(METRIC_KEYS)} metrics, {JOBS} jobs; runs of {args.short} and {args.long})")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import requests
 
+JOBS_PATH = "/api/v1/training/jobs"
 PROGRESS_PATH = "/api/v1/training/jobs/{job_id}/callback/progress"
 INLINE_PATH = "/bench/inline/jobs/{job_id}/callback/progress"
 NOOP_PATH = "/bench/noop"
@@ -44,10 +45,8 @@ class OperatorClient:
     def create_jobs(self, count: int, experiment: str) -> list[JobCredentials]:
         jobs = []
         for _ in range(count):
-            response = self.session.post(f"{self.api_url}/api/v1/training/jobs", timeout=30, json={
-                "model_name": "yolov8n-seg.yaml", "task_type": "segmentation",
-                "experiment_name": experiment, "epochs": 100,
-                "params": {"imgsz": 640, "batch": 16}, "tags": {"source": "bench"}})
+            response = self.session.post(f"{self.api_url}{JOBS_PATH}", timeout=30,
+                                         json=job_body(experiment))
             response.raise_for_status()
             body = response.json()
             jobs.append(JobCredentials(body["job_id"], body["callback_token"]))
@@ -63,6 +62,13 @@ class OperatorClient:
             f"{self.api_url}/api/v1/training/jobs/{job_id}/checkpoints", timeout=30)
         response.raise_for_status()
         return response.json()["items"]
+
+
+def job_body(experiment: str) -> dict:
+    """A segmentation job as the load's trainers would report it."""
+    return {"model_name": "yolov8n-seg.yaml", "task_type": "segmentation",
+            "experiment_name": experiment, "epochs": 100,
+            "params": {"imgsz": 640, "batch": 16}, "tags": {"source": "bench"}}
 
 
 def prime_runs(api_url: str, operator: OperatorClient, jobs: list[JobCredentials],

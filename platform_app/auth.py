@@ -26,12 +26,12 @@ TTL_SETTING = {CALLBACK_SALT: "CALLBACK_TOKEN_TTL_SECONDS", VIEW_SALT: "VIEW_TOK
 TOKENS_REMEMBERED = 4096  # verified tokens per process: one per job reporting at a time
 
 
-def _serializer(salt: str) -> URLSafeTimedSerializer:
-    return URLSafeTimedSerializer(current_app.config["SECRET_KEY"], salt=salt)
+def _serializer(secret: str, salt: str) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret, salt=salt)
 
 
 def _issue(salt: str, job_id: int) -> tuple[str, datetime]:
-    token = _serializer(salt).dumps({"job_id": job_id})
+    token = _serializer(current_app.config["SECRET_KEY"], salt).dumps({"job_id": job_id})
     ttl = current_app.config[TTL_SETTING[salt]]
     return token, datetime.now(UTC) + timedelta(seconds=ttl)
 
@@ -54,8 +54,7 @@ def _signed_claims(secret: str, salt: str, token: str) -> tuple[object, float]:
     """The job id a token was signed for and when. A trainer sends the same token with every
     callback, so its signature is checked once per process (a forged one raises, and raising
     is not cached); its age is checked on every use."""
-    claims, signed_at = URLSafeTimedSerializer(secret, salt=salt).loads(
-        token, return_timestamp=True)
+    claims, signed_at = _serializer(secret, salt).loads(token, return_timestamp=True)
     return (claims.get("job_id") if isinstance(claims, dict) else None), signed_at.timestamp()
 
 

@@ -39,15 +39,21 @@ class Number(fields.Field):
     }
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any):
+        if _plain_number(value):
+            return value  # ints stay ints (confusion-matrix counts)
         if isinstance(value, str) and value in NON_FINITE:
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise self.make_error("invalid")
-        if isinstance(value, int) and not -FLOAT_MAX <= value <= FLOAT_MAX:
-            raise self.make_error("invalid")  # a 400-digit integer: no float (nor MLflow) holds it
-        if not math.isfinite(value):
+        if isinstance(value, float):  # NaN or ±inf: kept as its token
             return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-        return value  # ints stay ints (confusion-matrix counts)
+        # a bool, a string, or an integer no float (nor MLflow) can hold
+        raise self.make_error("invalid")
+
+
+def _plain_number(value: object) -> bool:
+    """What Number passes through unchanged: None, or an int or float within float range
+    (NaN and ±inf fail the comparison)."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                             and -FLOAT_MAX <= value <= FLOAT_MAX)
 
 
 class Metrics(fields.Dict):
@@ -66,12 +72,6 @@ class Metrics(fields.Dict):
                 for k, v in value.items()):
             return dict(value)
         return super()._deserialize(value, attr, data, **kwargs)
-
-
-def _plain_number(value: object) -> bool:
-    """What Number passes through unchanged: None, or an int or float within float range
-    (NaN fails the comparison)."""
-    return value is None or (type(value) in (int, float) and -FLOAT_MAX <= value <= FLOAT_MAX)
 
 
 def path_field(**kwargs: Any) -> fields.String:
