@@ -9,15 +9,17 @@ the same point is logged.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.entities import Param, RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.rest_utils import MlflowHostCreds, http_request, verify_rest_response
 
 from platform_app.metrics import sink_call
 from platform_app.services.errors import SinkRejected, SinkUnavailable
@@ -27,6 +29,10 @@ JOB_UID_TAG = "platform.job_uid"
 MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_VALUE = 6000
+LOG_BATCH_ENDPOINT = "/api/2.0/mlflow/runs/log-batch"  # MLflow's REST API, documented
+JSON_HEADERS = {"Content-Type": "application/json"}
+# Proto3 JSON spells the non-finite doubles as strings; JSON itself has no such numbers.
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 _ILLEGAL = re.compile(r"[^/\w.\- ]")
 
 
@@ -88,6 +94,7 @@ class TrackingService:
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max_retries)
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
+        self._host_creds = _host_creds_source(self.client)
 
     def ensure_experiment(self, name: str) -> str:
         with _classified("ensure_experiment"):
@@ -119,12 +126,22 @@ class TrackingService:
             return run.info.run_id
 
     def log_points(self, run_id: str, points: Sequence[Point]) -> int:
-        """Write points in as few requests as MLflow allows; returns the request count."""
-        metrics = [Metric(p.key, p.value, p.timestamp_ms, p.step) for p in points]
+        """Write points in as few requests as MLflow allows; returns the request count.
+
+        Posted as the REST API's LogBatch body with MLflow's own request function (its
+        retries, timeout and credentials), not through `MlflowClient.log_batch`: the
+        client turns each metric into a protobuf message and the batch into indented JSON in
+        pure Python, which cost the worker several times its own work per batch — CPU that
+        MLflow, on the same cores, needs (`make bench`, mlflow.metrics_per_s)."""
         requests = 0
         with _classified("log_batch"):
-            for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
-                self.client.log_batch(run_id, metrics=metrics[start:start + MAX_METRICS_PER_BATCH])
+            for start in range(0, len(points), MAX_METRICS_PER_BATCH):
+                body = {"run_id": run_id, "metrics": [
+                    {"key": p.key, "value": _json_double(p.value), "timestamp": p.timestamp_ms,
+                     "step": p.step} for p in points[start:start + MAX_METRICS_PER_BATCH]]}
+                response = http_request(self._host_creds(), LOG_BATCH_ENDPOINT, "POST",
+                                        data=json.dumps(body), extra_headers=JSON_HEADERS)
+                verify_rest_response(response, LOG_BATCH_ENDPOINT)
                 requests += 1
         return requests
 
@@ -138,6 +155,20 @@ class TrackingService:
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def _json_double(value: float) -> float | str:
+    if math.isnan(value):
+        return "NaN"
+    return _NON_FINITE.get(value, value)
+
+
+def _host_creds_source(client: MlflowClient) -> Callable[[], MlflowHostCreds]:
+    """The client's own source of server address and credentials (tracking URI, MLflow's
+    environment variables: token, basic auth, TLS, auth plugins; asked per request, as the
+    client does, so refreshed tokens apply), so that both ways of talking to the server
+    authenticate alike. MLflow exposes it only on its store object."""
+    return client._tracking_client.store.get_host_creds
 
 
 def _param_value(value: object) -> str:

@@ -4,6 +4,7 @@ SQLite and on PostgreSQL. Results are read back through MlflowClient and the GET
 from __future__ import annotations
 
 import math
+import sys
 
 from mlflow.tracking import MlflowClient
 
@@ -66,10 +67,11 @@ def test_training_job_lands_in_mlflow_and_the_db(stack):
                    since=logs["next_cursor"])["items"] == []
 
 
-def test_nan_reaches_mlflow_and_null_is_skipped(stack):
+def test_non_finite_values_reach_mlflow_and_null_is_skipped(stack):
     api = stack.actions
     job = api.create_job()
-    raw = b'{"current_epoch": 1, "metrics": {"loss": NaN, "acc": null, "lr": 0.1}}'
+    raw = (b'{"current_epoch": 1, "metrics": {"loss": NaN, "acc": null, "lr": 0.1, '
+           b'"best": Infinity, "worst": -Infinity}}')
     response = api.client.post(f"/api/v1/training/jobs/{job['job_id']}/callback/progress",
                                data=raw, headers=api.bearer(job))
     stack.wait_projected([response.get_json()["event_id"]])
@@ -77,6 +79,9 @@ def test_nan_reaches_mlflow_and_null_is_skipped(stack):
     assert math.isnan(history(stack, run_id, "loss")[0].value)
     assert history(stack, run_id, "acc") == []
     assert history(stack, run_id, "lr")[0].value == 0.1
+    # MLflow's SQL store keeps ±infinity as ± the largest float
+    assert history(stack, run_id, "best")[0].value == sys.float_info.max
+    assert history(stack, run_id, "worst")[0].value == -sys.float_info.max
 
 
 def test_replayed_callbacks_write_one_point(stack):
