@@ -41,8 +41,9 @@ def create_app(config: Config | None = None) -> Flask:
     from platform_app import ws  # noqa: F401  (registers the WebSocket route)
     sock.init_app(app)
     app.extensions["live_hub"] = LiveHub(app.config["REDIS_URL"], app.config["WS_QUEUE_SIZE"])
-    app.extensions["backpressure"] = Backpressure(app.config["BACKPRESSURE_LAG_SECONDS"],
-                                                  app.config["BACKPRESSURE_RETRY_AFTER_SECONDS"])
+    app.extensions["backpressure"] = Backpressure(
+        app.config["BACKPRESSURE_LAG_SECONDS"], app.config["BACKPRESSURE_RETRY_AFTER_SECONDS"],
+        app.config["BACKPRESSURE_MAX_RETRY_AFTER_SECONDS"])
 
     celery_init_app(app)
     app.extensions["tracking"] = TrackingService(

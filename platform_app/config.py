@@ -90,7 +90,8 @@ class Config:
     OUTBOX_RETRY_BACKOFF_MAX_SECONDS: float = setting(300.0, minimum=0)
     METRICS_BATCH_EVENTS: int = setting(500, minimum=1)
     BACKPRESSURE_LAG_SECONDS: float = setting(2.0, minimum=0)  # 0: never hold trainers back
-    BACKPRESSURE_RETRY_AFTER_SECONDS: int = setting(1, minimum=1)
+    BACKPRESSURE_RETRY_AFTER_SECONDS: int = setting(1, minimum=1)  # the shortest hold
+    BACKPRESSURE_MAX_RETRY_AFTER_SECONDS: int = setting(30, minimum=1)
     PROJECTION_LOCK_TTL_SECONDS: int = setting(60, minimum=5)
     CANCEL_GRACE_SECONDS: float = setting(600.0, minimum=0)
     LOKI_URL: str = ""  # e.g. http://loki:3100; empty: logs stay in the DB only

@@ -24,7 +24,8 @@ def test_a_job_far_behind_is_told_to_retry_later(api, api_config):
     metrics_queued_for(api_config, job["job_id"], seconds_ago=60)
     accepted = api.callback(job, "progress", PROGRESS)  # accepted: this is how it learns
     refused = api.callback(job, "progress", {**PROGRESS, "current_epoch": 2}, expect=429)
-    assert refused.headers["Retry-After"] == str(api_config.BACKPRESSURE_RETRY_AFTER_SECONDS)
+    # 58 s beyond the threshold: held as long as allowed
+    assert refused.headers["Retry-After"] == str(api_config.BACKPRESSURE_MAX_RETRY_AFTER_SECONDS)
     assert refused.get_json()["error_code"] == "RATE_LIMITED"
     assert refused.get_json()["details"]["job_id"] == job["job_id"]
     assert api.job(job["job_id"])["current_epoch"] == 1  # the refused one left nothing
@@ -32,6 +33,21 @@ def test_a_job_far_behind_is_told_to_retry_later(api, api_config):
     # the end of training and its logs are never held back
     api.callback(job, "logs", {"lines": ["still here"]})
     api.callback(job, "completion", {"status": "completed", "final_metrics": {}})
+
+
+def test_the_hold_grows_with_how_far_behind_the_job_is(api, api_config):
+    """Held for what the job is behind beyond the threshold, so that trainers slow to what
+    MLflow absorbs instead of the backlog growing; never less than the shortest hold."""
+    slightly, further = api.create_job(), api.create_job()
+    metrics_queued_for(api_config, slightly["job_id"],
+                       seconds_ago=api_config.BACKPRESSURE_LAG_SECONDS + 0.3)
+    metrics_queued_for(api_config, further["job_id"],
+                       seconds_ago=api_config.BACKPRESSURE_LAG_SECONDS + 4.6)
+    for job in (slightly, further):
+        api.callback(job, "progress", PROGRESS)
+    assert api.callback(slightly, "progress", PROGRESS, expect=429).headers["Retry-After"] \
+        == str(api_config.BACKPRESSURE_RETRY_AFTER_SECONDS)
+    assert api.callback(further, "progress", PROGRESS, expect=429).headers["Retry-After"] == "5"
 
 
 def test_other_jobs_and_fresh_backlogs_are_not_held_back(api, api_config):
@@ -49,10 +65,14 @@ def test_the_hold_ends_after_retry_after(api, api_config, monkeypatch):
     job = api.create_job()
     metrics_queued_for(api_config, job["job_id"], seconds_ago=60)
     api.callback(job, "progress", PROGRESS)
-    api.callback(job, "progress", PROGRESS, expect=429)
+    retry_after = int(api.callback(job, "progress", PROGRESS, expect=429).headers["Retry-After"])
     redis.Redis.from_url(api_config.REDIS_URL).delete(queued_flag(job["job_id"]))  # caught up
-    later = time.monotonic() + api_config.BACKPRESSURE_RETRY_AFTER_SECONDS + 0.1
+    later = time.monotonic() + retry_after + 0.1
     # the API process's clock only (patching time.monotonic itself would move every clock)
+    monkeypatch.setattr(backpressure, "time", SimpleNamespace(monotonic=lambda: later))
+    almost = later - 1.0  # the next 429 says what is left of the hold
+    monkeypatch.setattr(backpressure, "time", SimpleNamespace(monotonic=lambda: almost))
+    assert api.callback(job, "progress", PROGRESS, expect=429).headers["Retry-After"] == "1"
     monkeypatch.setattr(backpressure, "time", SimpleNamespace(monotonic=lambda: later))
     api.callback(job, "progress", {**PROGRESS, "current_epoch": 2})
     api.callback(job, "progress", {**PROGRESS, "current_epoch": 3})
