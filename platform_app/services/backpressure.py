@@ -14,8 +14,8 @@ every round through most of the time.)
 The hold lasts as long as the job is behind beyond the threshold (at least
 BACKPRESSURE_RETRY_AFTER_SECONDS, at most BACKPRESSURE_MAX_RETRY_AFTER_SECONDS), and each
 429's Retry-After says what is left of it. A fixed one-second hold let every job through once
-a second however far behind it was: under sustained overload the API kept accepting about
-twice what MLflow absorbed, the backlog grew without bound, and the accepting took the CPU
+a second however far behind it was: under sustained overload the API kept accepting ~1.6×
+what MLflow absorbed, the backlog grew without bound, and the accepting took the CPU
 MLflow needed on the same cores (`make bench`, mlflow.metrics_per_s).
 
 Nothing is dropped: the trainer SDK keeps the callback, waits as told and sends it again, in
