@@ -24,13 +24,6 @@ MAX_METRICS = 1000
 MLFLOW_KEY_MAX = 250
 
 
-def metric_float(value: float | str | None) -> float | None:
-    """The float MLflow receives for a stored metric value (None: not measured)."""
-    if value is None:
-        return None
-    return NON_FINITE[value] if isinstance(value, str) else float(value)
-
-
 class Number(fields.Field):
     """A JSON number, or one of the non-finite tokens; never a bool or numeric string."""
 

@@ -19,7 +19,6 @@ from platform_app.models import (
     ValidationResult,
     utcnow,
 )
-from platform_app.schemas import metric_float
 from platform_app.services import locks, loki, metrics_queue
 from platform_app.services.errors import SinkRejected
 from platform_app.services.tracking import Point, RunSpec, TrackingService, legal_metric_key
@@ -182,7 +181,7 @@ def points_of(event: Event, final_step: int) -> list[Point]:
         metrics = payload.get("metrics") or {}
     else:
         step, metrics = final_step, payload.get("final_metrics") or {}
-    return [Point(legal_metric_key(k), metric_float(v), step, event.accepted_ms)
+    return [Point(legal_metric_key(k), v, step, event.accepted_ms)
             for k, v in metrics.items() if v is not None]
 
 

@@ -9,7 +9,6 @@ the same point is logged.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -31,8 +30,6 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_VALUE = 6000
 LOG_BATCH_ENDPOINT = "/api/2.0/mlflow/runs/log-batch"  # MLflow's REST API, documented
 JSON_HEADERS = {"Content-Type": "application/json"}
-# Proto3 JSON spells the non-finite doubles as strings; JSON itself has no such numbers.
-_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 _ILLEGAL = re.compile(r"[^/\w.\- ]")
 
 
@@ -58,7 +55,9 @@ class RunSpec:
 @dataclass(frozen=True)
 class Point:
     key: str
-    value: float
+    # as the callback stored it: a number, or "NaN" / "Infinity" / "-Infinity" — which is
+    # also how MLflow's REST API (proto3 JSON) spells a double that JSON cannot
+    value: float | str
     step: int
     timestamp_ms: int
 
@@ -137,7 +136,7 @@ class TrackingService:
         with _classified("log_batch"):
             for start in range(0, len(points), MAX_METRICS_PER_BATCH):
                 body = {"run_id": run_id, "metrics": [
-                    {"key": p.key, "value": _json_double(p.value), "timestamp": p.timestamp_ms,
+                    {"key": p.key, "value": p.value, "timestamp": p.timestamp_ms,
                      "step": p.step} for p in points[start:start + MAX_METRICS_PER_BATCH]]}
                 response = http_request(self._host_creds(), LOG_BATCH_ENDPOINT, "POST",
                                         data=json.dumps(body), extra_headers=JSON_HEADERS)
@@ -155,12 +154,6 @@ class TrackingService:
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
-def _json_double(value: float) -> float | str:
-    if math.isnan(value):
-        return "NaN"
-    return _NON_FINITE.get(value, value)
 
 
 def _host_creds_source(client: MlflowClient) -> Callable[[], MlflowHostCreds]:
