@@ -7,6 +7,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from flask import session
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from platform_app import auth
@@ -30,6 +31,16 @@ def test_progress_is_accepted_and_moves_the_job_to_running(api):
     state = api.job(job["job_id"])
     assert state["status"] == "running" and state["current_epoch"] == 1
     assert state["latest_metrics"]["metrics/mAP50-95(B)"] == 0.42
+
+
+def test_no_request_keeps_state_in_a_cookie(api, api_app):
+    """Callers authenticate every request; the API opens no cookie session at all."""
+    job = api.create_job()
+    response = api.callback(job, "progress", PROGRESS)
+    assert "Set-Cookie" not in response.headers
+    with api_app.test_request_context("/"):
+        with pytest.raises(RuntimeError, match="session is unavailable"):
+            session["user"] = "someone"
 
 
 @pytest.mark.parametrize("body, field", [
