@@ -51,7 +51,7 @@ class BenchSettings:
                    overload_warmup_seconds=6, overload_factor=2.0, ceiling_seconds=10,
                    drain_fill_seconds=10, drain_seconds=20,
                    freshness_seconds=30, freshness_fraction=0.5, freshness_jobs=20,
-                   upload_sizes_mib=(50, 512), upload_rounds=3, upload_part_threads=8)
+                   upload_sizes_mib=(50, 512), upload_rounds=5, upload_part_threads=8)
 
     @classmethod
     def quick(cls) -> BenchSettings:
