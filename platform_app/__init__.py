@@ -62,8 +62,8 @@ def create_app(config: Config | None = None) -> Flask:
 class NoSessions(SessionInterface):
     """Every request authenticates with its own token or API key and nothing keeps state in
     a cookie, but Flask's default session builds a signing serializer on every request
-    (~2 % of a progress callback's CPU). With no session opened, Flask uses its null session
-    and saves nothing."""
+    (4 % of a progress callback's instructions). With no session opened, Flask uses its null
+    session and saves nothing."""
 
     def open_session(self, app: Flask, request) -> None:
         return None

@@ -10,7 +10,7 @@ round times, in rotating order:
   the ceiling — what a trainer holding credentials could do.
 - mlflow: `MlflowClient.log_artifact` through `mlflow server --serve-artifacts`.
 
-Each path uploads the file once untimed first: in every full run the first round was slow
+Each path uploads the file once untimed first: in the full runs the first round was slow
 for all three (50 MiB: 0.57–0.99 s against 0.25–0.55 s later), and the ratio of two cold
 uploads measures the store warming up, not the path.
 
