@@ -1,7 +1,9 @@
 """Instructions per progress callback in the API process, counted by callgrind.
 
 Machines of this kind drift ±20 % in speed within one run, so a request-path change worth a
-few per cent cannot be seen in req/s; valgrind's instruction count is the same run after run.
+few per cent cannot be seen in req/s; valgrind's instruction count moves far less (the same
+commit: 4.052, 4.064 and once 4.268 M — timing-dependent work such as the pool's ping after
+a second idle is counted too), so compare old and new run side by side, twice.
 What is counted is the API's own Python (Flask's test client: no gunicorn; PostgreSQL and
 Redis are other processes, private to this command, on free ports): the difference between
 a short and a long run of the same loop, so that imports and set-up cancel out.
