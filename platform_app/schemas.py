@@ -16,7 +16,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from platform_app.models import EventKind, EventState, JobStatus, UploadPurpose, UploadStatus
 
-NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+NON_FINITE = frozenset({"NaN", "Infinity", "-Infinity"})  # the tokens JSON lacks
 FLOAT_MAX = sys.float_info.max
 TASK_TYPES = ("detection", "segmentation", "classification", "pose", "obb")
 TERMINAL = ("completed", "failed", "cancelled")

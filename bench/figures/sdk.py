@@ -83,9 +83,7 @@ def time_mlflow(tracking_uri: str, calls: int) -> list[float]:
 
 
 def run(ctx: BenchContext, selected: frozenset[str]) -> None:
-    # A job of its own: the one the load figures share has thousands of callbacks behind
-    # it, and these 2000 would become the next figure's backlog there.
-    job = ctx.operator.create_jobs(1, experiment_name("sdk"))[0]
+    job = ctx.own_job("sdk")  # its 2000 callbacks must not become the next figure's backlog
     calls = SDK_CALLS if ctx.settings.profile != "quick" else SDK_CALLS // 4
     with tempfile.TemporaryDirectory() as spool:
         log.info("sdk: %d report_progress calls against the platform", calls)

@@ -202,7 +202,7 @@ def run(ctx: BenchContext, selected: frozenset[str]) -> None:
     stack.start_mlflow()
     stack.start_workers()
     stack.discard_backlog()
-    job = ctx.operator.create_jobs(1, experiment_name("uploads"))[0]
+    job = ctx.own_job("uploads")
     uploaders = Uploaders(ctx, job)
     directory = stack.workdir / "uploads"
     directory.mkdir(exist_ok=True)

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed
 
 from bench.context import BenchContext
 from bench.paced import PacedSender
-from bench.platform_client import experiment_name, progress_body
+from bench.platform_client import progress_body
 from bench.progress import log
 from bench.results import FigureSpec, Target, at_most
 from bench.settings import BenchSettings
@@ -105,10 +105,7 @@ class Viewers:
 
 
 def run(ctx: BenchContext, selected: frozenset[str]) -> None:
-    # A job of its own: a job that earlier figures loaded (the sdk figure's thousands of
-    # callbacks) is still being projected, and every projected event goes live to these
-    # 100 clients too (p99 0.5-0.8 s measured that backlog, not delivery).
-    job = ctx.operator.create_jobs(1, experiment_name("ws"))[0]
+    job = ctx.own_job("ws")
     api = ctx.stack.api_url
     token = ctx.operator.session.post(
         f"{api}/api/v1/training/jobs/{job.job_id}/view-token", timeout=30).json()["token"]
