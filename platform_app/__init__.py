@@ -14,6 +14,7 @@ from platform_app import metrics
 from platform_app.config import Config
 from platform_app.errors import register_error_handlers
 from platform_app.extensions import celery_init_app, db, migrate, rest_api, sock
+from platform_app.services import outbox
 from platform_app.services.backpressure import Backpressure
 from platform_app.services.events import LiveHub
 from platform_app.services.storage import ObjectStore
@@ -46,6 +47,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["backpressure"] = Backpressure(
         app.config["BACKPRESSURE_LAG_SECONDS"], app.config["BACKPRESSURE_RETRY_AFTER_SECONDS"],
         app.config["BACKPRESSURE_MAX_RETRY_AFTER_SECONDS"])
+    app.extensions["accept_batches"] = outbox.accept_batches()
 
     celery_init_app(app)
     app.extensions["tracking"] = TrackingService(

@@ -71,7 +71,7 @@ def _complete(job_id: int, purpose: UploadPurpose, data: dict):
     if bool(upload.s3_upload_id) != bool(data.get("parts")):
         raise APIError.validation("parts", "are required for a multipart upload and only then")
 
-    def link(job: sa.Row, payload: dict) -> outbox.Effect:
+    def link(job: outbox.JobForRules, payload: dict) -> outbox.Effect:
         def record(connection: sa.Connection, event_id: int) -> None:
             connection.execute(sa.update(Upload).where(Upload.id == upload.id)
                                .values(complete_event_id=event_id))

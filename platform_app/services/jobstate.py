@@ -20,7 +20,7 @@ from platform_app.models import EventKind, Job, JobStatus, utcnow
 from platform_app.services import outbox
 
 
-def refuse_if_finished(job: Job | sa.Row) -> None:
+def refuse_if_finished(job: Job | outbox.JobForRules) -> None:
     if job.status.finished:
         raise APIError("JOB_FINISHED", f"job {job.id} has already finished ({job.status.value})",
                        {"job_id": job.id, "status": job.status.value})
@@ -31,7 +31,7 @@ def checkpoint_pointers(payload: dict) -> dict:
             if payload.get(field)}
 
 
-def apply_progress(job: sa.Row, payload: dict) -> outbox.Effect:
+def apply_progress(job: outbox.JobForRules, payload: dict) -> outbox.Effect:
     refuse_if_finished(job)
     changes = checkpoint_pointers(payload)
     if job.status == JobStatus.PENDING:
@@ -43,7 +43,7 @@ def apply_progress(job: sa.Row, payload: dict) -> outbox.Effect:
     return outbox.Effect(changes, {"stop_requested": job.status == JobStatus.STOPPING})
 
 
-def apply_completion(job: sa.Row, payload: dict) -> outbox.Effect:
+def apply_completion(job: outbox.JobForRules, payload: dict) -> outbox.Effect:
     refuse_if_finished(job)
     finished_at = utcnow()
     return outbox.Effect({

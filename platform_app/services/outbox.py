@@ -9,12 +9,13 @@ twice is harmless.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import redis
 import sqlalchemy as sa
@@ -26,8 +27,9 @@ from platform_app.errors import APIError
 from platform_app.extensions import db
 from platform_app.joblog import job_logger
 from platform_app.metrics import CALLBACKS_ACCEPTED
-from platform_app.models import Event, EventKind, EventState, Job, now_ms, utcnow
+from platform_app.models import Event, EventKind, EventState, Job, JobStatus, now_ms, utcnow
 from platform_app.services import events, metrics_queue
+from platform_app.services.group_commit import GroupCommit
 from platform_app.services.redis_client import redis_client
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,23 @@ class Accepted:
 
 
 @dataclass(frozen=True)
+class JobForRules:
+    """The job columns a rule may look at, as the earlier callbacks of its batch left them."""
+
+    id: int
+    status: JobStatus
+    current_epoch: int | None
+    started_at: datetime | None
+
+    def changed(self, changes: dict) -> JobForRules:
+        return dataclasses.replace(self, **{name: changes[name] for name in RULE_COLUMNS
+                                            if name in changes})
+
+
+RULE_COLUMNS = tuple(column.name for column in dataclasses.fields(JobForRules))[1:]
+
+
+@dataclass(frozen=True)
 class Effect:
     """What a callback does besides adding its event: decided under the job's row lock by
     the callback kind's rule (services/jobstate.py), written in the same transaction."""
@@ -59,19 +78,38 @@ class Effect:
     on_inserted: Callable[[sa.Connection, int], None] | None = None
 
 
+Rule = Callable[[JobForRules, dict], Effect]
+
+
+@dataclass(frozen=True)
+class Callback:
+    """One callback as the request path hands it over to be stored."""
+
+    job_id: int
+    kind: EventKind
+    payload: dict
+    idempotency_key: str | None = None
+    rule: Rule | None = None  # rule(job, payload) decides the effect or raises APIError
+    state: EventState = EventState.PENDING
+
+    @property
+    def digest(self) -> str:
+        canonical = json.dumps([self.kind.value, self.payload], sort_keys=True,
+                               separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 # Built once: a statement object caches its compiled form and cache key.
-# The job columns a rule may look at, read with FOR UPDATE so that concurrent callbacks of one
-# job apply their rules one after the other.
-JOB_FOR_RULES = (sa.select(Job.id, Job.status, Job.current_epoch, Job.started_at)
-                 .where(Job.id == sa.bindparam("job_id")).with_for_update())
-INSERT_EVENT = sa.insert(Event).returning(Event.id, Event.accepted_ms, Event.task_id)
+# The jobs of a batch, locked in id order (so that two batches never wait for each other
+# in a cycle): concurrent callbacks of one job apply their rules one after the other.
+JOBS_FOR_RULES = (sa.select(*(getattr(Job, column) for column in ("id", *RULE_COLUMNS)))
+                  .where(Job.id.in_(sa.bindparam("job_ids", expanding=True)))
+                  .order_by(Job.id).with_for_update())
+# One multi-row INSERT; RETURNING rows come back in the order of the parameters.
+INSERT_EVENTS = sa.insert(Event).returning(Event.id, Event.accepted_ms, Event.task_id,
+                                           sort_by_parameter_order=True)
 UPDATE_JOB = sa.update(Job).where(Job.id == sa.bindparam("target_job_id"))  # SET: the params
-Rule = Callable[[sa.Row, dict], Effect]
-
-
-def request_hash(kind: EventKind, payload: dict) -> str:
-    canonical = json.dumps([kind.value, payload], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()
+MAX_BATCH = 64  # callbacks in one transaction at most (services/group_commit.py)
 
 
 def body_of(event_id: int, response: dict) -> dict:
@@ -80,76 +118,139 @@ def body_of(event_id: int, response: dict) -> dict:
     return {"event_id": event_id, **response}
 
 
+def accept_batches() -> GroupCommit[Callback, Accepted]:
+    """One per app and process: the callbacks being accepted at the same moment share one
+    transaction and one Redis round trip."""
+    return GroupCommit(accept_all, MAX_BATCH)
+
+
 def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | None,
            rule: Rule | None = None) -> Accepted:
-    """Persist one callback, then announce it."""
-    accepted = store(job_id, kind, payload, idempotency_key, rule)
-    if accepted.event is not None:
-        CALLBACKS_ACCEPTED.labels(kind.value).inc()
-        tell(Announcement.of(accepted.event), events.message_of(accepted.event))
-    return accepted
+    """Persist one callback, then announce it: in one batch with whatever else this process
+    is accepting at the moment (services/group_commit.py)."""
+    batches = current_app.extensions["accept_batches"]
+    return batches.submit(Callback(job_id, kind, payload, idempotency_key, rule))
+
+
+def accept_all(callbacks: list[Callback]) -> list[Accepted | Exception]:
+    outcomes = store_all(callbacks)
+    stored = [outcome.event for outcome in outcomes
+              if isinstance(outcome, Accepted) and outcome.event is not None]
+    for event in stored:
+        CALLBACKS_ACCEPTED.labels(event.kind.value).inc()
+    tell(stored)
+    return outcomes
 
 
 def store(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | None,
           rule: Rule | None = None, state: EventState = EventState.PENDING) -> Accepted:
-    """Persist one callback in one short transaction of plain statements on a connection of
-    its own: the ORM session's unit of work and transaction bookkeeping cost more CPU than the
-    statements themselves. `rule(job, payload)` decides the callback's effect or raises
-    APIError to refuse it, which then leaves nothing behind."""
-    digest = request_hash(kind, payload)
+    """Persist one callback on its own, unannounced."""
+    outcome, = store_all([Callback(job_id, kind, payload, idempotency_key, rule, state)])
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+def store_all(callbacks: list[Callback]) -> list[Accepted | Exception]:
+    """Persist callbacks in one short transaction of plain statements on a connection of its
+    own: the ORM session's unit of work and transaction bookkeeping cost more CPU than the
+    statements themselves. A callback its rule refuses (APIError) leaves nothing behind and
+    gets its error as its outcome; the others are stored."""
     with db.engine.connect() as connection:
         try:
-            accepted = _store_on(connection, job_id, kind, payload, idempotency_key, digest,
-                                 rule, state)
+            outcomes = _store_on(connection, callbacks)
             connection.commit()
-            return accepted
-        except (APIError, IntegrityError):
+        except IntegrityError as conflict:
             # A repeated Idempotency-Key is rare: the unique constraint finds it, instead of
-            # a look-up on every request. And a retried callback whose first attempt moved
-            # the job on (a completion) gets its first answer, not the refusal its second
-            # attempt would earn.
+            # a look-up on every request. It fails the batch's one INSERT, so the batch's
+            # callbacks are then stored one by one.
             connection.rollback()
-            earlier = _replay(connection, job_id, idempotency_key, digest) \
-                if idempotency_key else None
-            if earlier is None:
-                raise
-            return earlier
+            if len(callbacks) > 1:
+                outcomes = None
+            else:
+                outcomes = [conflict]
+        if outcomes is not None:
+            return [_or_first_answer(connection, callback, outcome)
+                    for callback, outcome in zip(callbacks, outcomes, strict=True)]
+    return [store_all([callback])[0] for callback in callbacks]
 
 
-def _store_on(connection: sa.Connection, job_id: int, kind: EventKind, payload: dict,
-              idempotency_key: str | None, digest: str, rule: Rule | None,
-              state: EventState) -> Accepted:
-    job = connection.execute(JOB_FOR_RULES, {"job_id": job_id}).one_or_none()
-    if job is None:
-        raise APIError.not_found("job", job_id=job_id)
-    effect = rule(job, payload) if rule is not None else Effect()
-    status = effect.job_changes.get("status", job.status)
-    response = {"job_id": job_id, "kind": kind.value, "job_status": status.value,
-                **effect.response}
-    inserted = connection.execute(INSERT_EVENT, {
-        "job_id": job_id, "kind": kind, "payload": payload, "idempotency_key": idempotency_key,
-        "request_hash": digest, "response": response, "state": state,
-    }).one()
-    event = events.StoredEvent(inserted.id, job_id, kind, payload, state, inserted.accepted_ms,
-                               inserted.task_id)
-    if effect.job_changes:
-        connection.execute(UPDATE_JOB, {"target_job_id": job_id, **effect.job_changes})
-    if effect.on_inserted is not None:
-        effect.on_inserted(connection, event.id)
-    return Accepted(body=body_of(event.id, response), replayed=False, event=event)
+def _store_on(connection: sa.Connection,
+              callbacks: list[Callback]) -> list[Accepted | Exception]:
+    job_ids = sorted({callback.job_id for callback in callbacks})
+    jobs = {row.id: JobForRules(*row)
+            for row in connection.execute(JOBS_FOR_RULES, {"job_ids": job_ids})}
+    outcomes: list = [None] * len(callbacks)  # each filled in below
+    inserts: list[tuple[int, Callback, Effect, dict]] = []
+    job_changes: dict[int, dict] = {}
+    for index, callback in enumerate(callbacks):
+        job = jobs.get(callback.job_id)
+        try:
+            if job is None:
+                raise APIError.not_found("job", job_id=callback.job_id)
+            effect = callback.rule(job, callback.payload) if callback.rule else Effect()
+        except Exception as refused:  # this callback's alone: the batch goes on
+            outcomes[index] = refused
+            continue
+        jobs[callback.job_id] = job.changed(effect.job_changes)
+        if effect.job_changes:
+            job_changes.setdefault(callback.job_id, {}).update(effect.job_changes)
+        status = effect.job_changes.get("status", job.status)
+        response = {"job_id": callback.job_id, "kind": callback.kind.value,
+                    "job_status": status.value, **effect.response}
+        inserts.append((index, callback, effect, response))
+    if not inserts:
+        return outcomes
+    inserted = connection.execute(INSERT_EVENTS, [
+        {"job_id": callback.job_id, "kind": callback.kind, "payload": callback.payload,
+         "idempotency_key": callback.idempotency_key, "request_hash": callback.digest,
+         "response": response, "state": callback.state}
+        for _, callback, _, response in inserts]).all()
+    _update_jobs(connection, job_changes)
+    for (index, callback, effect, response), row in zip(inserts, inserted, strict=True):
+        event = events.StoredEvent(row.id, callback.job_id, callback.kind, callback.payload,
+                                   callback.state, row.accepted_ms, row.task_id)
+        if effect.on_inserted is not None:
+            effect.on_inserted(connection, event.id)
+        outcomes[index] = Accepted(body=body_of(event.id, response), replayed=False, event=event)
+    return outcomes
 
 
-def _replay(connection: sa.Connection, job_id: int, key: str, digest: str) -> Accepted | None:
+def _update_jobs(connection: sa.Connection, job_changes: dict[int, dict]) -> None:
+    """One UPDATE per set of changed columns, run for all the jobs that share it."""
+    by_columns: dict[frozenset, list[dict]] = {}
+    for job_id, changes in job_changes.items():
+        by_columns.setdefault(frozenset(changes), []).append({"target_job_id": job_id,
+                                                              **changes})
+    for params in by_columns.values():
+        connection.execute(UPDATE_JOB, params)
+
+
+def _or_first_answer(connection: sa.Connection, callback: Callback,
+                     outcome: Accepted | Exception) -> Accepted | Exception:
+    """A refused or conflicting callback whose Idempotency-Key was used before gets that
+    first answer: a retried callback whose first attempt moved the job on (a completion)
+    gets its first answer, not the refusal its second attempt would earn."""
+    if callback.idempotency_key is None or not isinstance(outcome, APIError | IntegrityError):
+        return outcome
+    try:
+        earlier = _replay(connection, callback)
+    except APIError as reused:
+        return reused
+    return earlier or outcome
+
+
+def _replay(connection: sa.Connection, callback: Callback) -> Accepted | None:
     earlier = connection.execute(
         sa.select(Event.id, Event.request_hash, Event.response)
-        .where(Event.job_id == job_id, Event.idempotency_key == key)
+        .where(Event.job_id == callback.job_id, Event.idempotency_key == callback.idempotency_key)
     ).first()
     if earlier is None:
         return None
-    if earlier.request_hash != digest:
+    if earlier.request_hash != callback.digest:
         raise APIError("IDEMPOTENCY_KEY_REUSED",
                        "this Idempotency-Key was used with a different request",
-                       {"idempotency_key": key})
+                       {"idempotency_key": callback.idempotency_key})
     return Accepted(body=body_of(earlier.id, earlier.response), replayed=True)
 
 
@@ -186,27 +287,36 @@ def send(announcement: Announcement) -> bool:
         return False
 
 
-def tell(announcement: Announcement, message: dict) -> None:
-    """After the commit: enqueue the event's projection and publish it live, with one Redis
-    round trip; a metrics task is queued only if none is queued for the job yet
+def tell(stored: list[events.StoredEvent]) -> None:
+    """After the commit: enqueue each event's projection and publish it live, all with one
+    Redis round trip; a metrics task is queued only if none is queued for the job yet
     (services/metrics_queue.py), and the wait it reports feeds backpressure."""
-    coalesced = announcement.task == metrics_queue.TASK
-    queue_it = True
+    if not stored:
+        return
+    announcements = [Announcement.of(event) for event in stored]
+    coalesced = [announcement.task == metrics_queue.TASK for announcement in announcements]
+    queue_it = [True] * len(stored)
     try:
         pipe = redis_client(current_app.config["REDIS_URL"]).pipeline(transaction=False)
         now = now_ms()
-        if coalesced:
-            metrics_queue.ask(pipe, announcement.job_id, now)
-        events.publish_on(pipe, message)
-        replies = pipe.execute()
-        if coalesced:
-            queue_it, waited_s = metrics_queue.answer(replies[:2], now)
-            current_app.extensions["backpressure"].observe(announcement.job_id, waited_s)
+        for event, ask in zip(stored, coalesced, strict=True):
+            if ask:
+                metrics_queue.ask(pipe, event.job_id, now)
+            events.publish_on(pipe, events.message_of(event))
+        replies = iter(pipe.execute())
+        for index, (event, ask) in enumerate(zip(stored, coalesced, strict=True)):
+            if ask:
+                queue_it[index], waited_s = metrics_queue.answer([next(replies), next(replies)],
+                                                                 now)
+                current_app.extensions["backpressure"].observe(event.job_id, waited_s)
+            next(replies)  # the publish's count of receivers
     except redis.RedisError as exc:
-        job_logger(__name__, announcement.job_id).warning(
-            "event %s not published live (Redis unavailable): %s", announcement.event_id, exc)
-    if queue_it:
-        send(announcement)
+        for event in stored:
+            job_logger(__name__, event.job_id).warning(
+                "event %s not published live (Redis unavailable): %s", event.id, exc)
+    for announcement, needed in zip(announcements, queue_it, strict=True):
+        if needed:
+            send(announcement)
 
 
 def record_failure(event_id: int, error: str, *, retryable: bool, max_attempts: int,
