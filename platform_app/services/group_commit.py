@@ -28,7 +28,7 @@ class _Entry(Generic[T, R]):
         self.result: R | None = None
         self.error: BaseException | None = None
         self.resolved = False  # set before `wake`: False on waking means "lead now"
-        self.wake = threading.Event()
+        self.wake: threading.Event | None = None  # a follower's; a leader never waits
 
     def outcome(self) -> R:
         if self.error is not None:
@@ -52,9 +52,10 @@ class GroupCommit(Generic[T, R]):
         entry: _Entry[T, R] = _Entry(item)
         with self._lock:
             self._queue.append(entry)
-            follow = self._leading
+            if self._leading:
+                entry.wake = threading.Event()
             self._leading = True
-        if follow:
+        if entry.wake is not None:
             entry.wake.wait()
         if not entry.resolved:  # leading: this entry is first in the queue
             self._lead_one_batch()
@@ -79,9 +80,10 @@ class GroupCommit(Generic[T, R]):
                 if entry.result is None and entry.error is None:
                     entry.error = RuntimeError("the batch's leading request was interrupted")
                 entry.resolved = True
-                entry.wake.set()
+                if entry.wake is not None:
+                    entry.wake.set()
             with self._lock:
                 successor = self._queue[0] if self._queue else None
                 self._leading = successor is not None
-            if successor is not None:
+            if successor is not None and successor.wake is not None:  # it queued behind us
                 successor.wake.set()
