@@ -65,7 +65,7 @@ class JobForRules:
                                             if name in changes})
 
 
-RULE_COLUMNS = tuple(column.name for column in dataclasses.fields(JobForRules))[1:]
+RULE_COLUMNS = tuple(column.name for column in dataclasses.fields(JobForRules))[1:]  # not id
 
 
 @dataclass(frozen=True)
@@ -156,6 +156,8 @@ def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | N
 
 
 def accept_all(callbacks: list[Callback]) -> list[Accepted | Exception]:
+    """One batch of `accept`: stored in one transaction, then announced together; one
+    outcome per callback, in order."""
     outcomes = store_all(callbacks)
     stored = [outcome.event for outcome in outcomes
               if isinstance(outcome, Accepted) and outcome.event is not None]
