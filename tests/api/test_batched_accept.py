@@ -3,7 +3,10 @@ had alone, in arrival order, on both databases the platform runs on."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
+import redis
 
 from platform_app import create_app, init_platform
 from platform_app.devstack import create_database
@@ -20,7 +23,8 @@ def app_and_api(request, api_config):
     if request.param == "postgresql":
         url = create_database(request.getfixturevalue("postgres_admin_url"), "batched_accept",
                               replace=True)
-        api_config = api_config.__class__(**{**vars(api_config), "DATABASE_URL": url})
+        api_config = dataclasses.replace(api_config, DATABASE_URL=url)
+    redis.Redis.from_url(api_config.REDIS_URL).flushdb()  # as api_app: no flags of other tests
     app = create_app(api_config)
     init_platform(app, bucket=False)
     yield app, ApiActions(app.test_client(), api_config)
