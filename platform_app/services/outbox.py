@@ -107,8 +107,14 @@ INSERT_EVENTS = sa.insert(Event).returning(Event.id, Event.accepted_ms, Event.ta
 MAX_BATCH = 64  # callbacks in one transaction at most (services/group_commit.py)
 
 
+def _param(name: str, index: int) -> str:
+    """The bind parameter of the `index`-th job of a batch statement: its id ("id") or the
+    new value of one of its columns."""
+    return f"{name}_{index}"
+
+
 def _job_ids(count: int) -> list[sa.BindParameter]:
-    return [sa.bindparam(f"job_{index}") for index in range(count)]
+    return [sa.bindparam(_param("id", index)) for index in range(count)]
 
 
 @functools.lru_cache(maxsize=MAX_BATCH)
@@ -130,7 +136,7 @@ def _update_jobs_statement(columns: tuple[str, ...], count: int) -> sa.Update:
     table, ids = Job.__table__, _job_ids(count)
     return sa.update(table).where(table.c.id.in_(ids)).values({
         name: sa.case(*((table.c.id == job_id,
-                         sa.bindparam(f"{name}_{index}", type_=table.c[name].type))
+                         sa.bindparam(_param(name, index), type_=table.c[name].type))
                         for index, job_id in enumerate(ids)))
         for name in columns})
 
@@ -202,7 +208,7 @@ def store_all(callbacks: list[Callback]) -> list[Accepted | Exception]:
 
 def _store_on(connection: sa.Connection,
               callbacks: list[Callback]) -> list[Accepted | Exception]:
-    job_ids = {f"job_{index}": job_id
+    job_ids = {_param("id", index): job_id
                for index, job_id in enumerate({callback.job_id for callback in callbacks})}
     jobs = {row.id: JobForRules(*row)
             for row in connection.execute(_jobs_for_rules(len(job_ids)), job_ids)}
@@ -250,8 +256,8 @@ def _update_jobs(connection: sa.Connection, job_changes: dict[int, dict]) -> Non
     for columns, jobs in by_columns.items():
         params = {}
         for index, (job_id, changes) in enumerate(jobs):
-            params[f"job_{index}"] = job_id
-            params.update((f"{name}_{index}", changes[name]) for name in columns)
+            params[_param("id", index)] = job_id
+            params.update((_param(name, index), changes[name]) for name in columns)
         connection.execute(_update_jobs_statement(columns, len(jobs)), params)
 
 
