@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .ports import HOST, free_port_pair, free_ports
 from .postgres import create_database, postgres_cluster
+from .priority import background
 from .process import ManagedProcess, find_binary
 from .readiness import S3Settings, mlflow_ready, redis_ready, s3_ready
 
@@ -30,9 +31,10 @@ __all__ = [
 # SeaweedFS's plugin worker dials the admin gRPC port as admin HTTP port + this offset.
 SEAWEED_GRPC_OFFSET = 10000
 
-# Celery workers yield the CPU to the API on a shared machine: the request path is what
-# trainers wait on, the queue absorbs the rest (bench: half-load p99 with workers draining).
-WORKER_PRIORITY = ("nice", "-n", "10")
+# The sink side (Celery workers, MLflow) yields the CPU to the API on a shared machine: the
+# request path is what trainers wait on, the queue absorbs the rest (bench: half-load p99
+# with the workers draining into MLflow). Set per session, see priority.py.
+SINK_NICE = 10
 WORKER_CONCURRENCY = 2  # prefork children: one per core here
 # MLflow under gunicorn, one process per core: a single process caps MLflow at one core while
 # the platform's workers write several jobs' batches at once (~1.8× the metrics/s with two
@@ -48,8 +50,9 @@ MLFLOW_GUNICORN_OPTS = "--timeout 600 --access-logfile - --no-control-socket"
 def celery_worker_command(*extra: str, concurrency: int = WORKER_CONCURRENCY) -> list[str]:
     """The platform's Celery worker, as `make up` and the benchmark run it; `extra` adds
     what only one of them wants (task events for Flower, an embedded beat)."""
-    return [*WORKER_PRIORITY, find_binary("celery"), "-A", "workers", "worker",
-            "--loglevel", "INFO", "--concurrency", str(concurrency), *extra]
+    return background([find_binary("celery"), "-A", "workers", "worker",
+                       "--loglevel", "INFO", "--concurrency", str(concurrency), *extra],
+                      SINK_NICE)
 
 
 def _service_dir(data_dir: Path | str) -> Path:
@@ -186,7 +189,7 @@ def mlflow_server(
         )
     else:
         destination = str(data_dir / "artifacts")
-    command = [
+    command = background([
         find_binary("mlflow"),
         "server",
         "--backend-store-uri", store,
@@ -196,7 +199,7 @@ def mlflow_server(
         "--gunicorn-opts", MLFLOW_GUNICORN_OPTS,
         "--serve-artifacts",
         "--artifacts-destination", destination,
-    ]  # fmt: skip
+    ], SINK_NICE)  # fmt: skip
     return ManagedProcess(
         "mlflow",
         command,
