@@ -4,8 +4,9 @@ The same launchers as the tests and `make up` (`platform_app.devstack`), so the 
 with the flags measured to matter here, but with PostgreSQL as both the platform DB and
 MLflow's store (as in production). The API runs under gunicorn serving `bench.app:app` (the
 real app plus the comparison endpoints) and the Celery workers with `make up`'s concurrency
-and background priority (prefork ×2, devstack/priority.py; MLflow too), beat embedded (-B) and without task events (-E, which
-`make up` turns on for Flower).
+and background priority (prefork ×2; MLflow's server at that priority too, see
+devstack/priority.py), beat embedded (-B) and without task events (-E, which `make up` turns
+on for Flower).
 Workers and MLflow can be stopped and started again: the throughput figures measure the API
 alone, and `sink_independence` needs MLflow down.
 """
