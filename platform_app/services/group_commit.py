@@ -38,10 +38,17 @@ class _Entry(Generic[T, R]):
 
 class GroupCommit(Generic[T, R]):
     """`run(items)` returns one outcome per item, in order: a result, or an Exception for
-    that item alone; if `run` itself raises, every item of the batch raises it."""
+    that item alone; if `run` itself raises, every item of the batch raises it.
 
-    def __init__(self, run: Callable[[list[T]], Sequence[R | Exception]], max_batch: int) -> None:
+    `then(outcomes)`, if given, runs after the batch's other threads have their answers and
+    before the next batch starts: work that no answer waits for but that must stay in batch
+    order (the outbox announces a committed batch there). The leading thread runs it, so
+    only that thread's answer waits for it, and only that thread sees it raise."""
+
+    def __init__(self, run: Callable[[list[T]], Sequence[R | Exception]], max_batch: int,
+                 then: Callable[[Sequence[R | Exception]], None] | None = None) -> None:
         self._run = run
+        self._then = then
         self._max_batch = max_batch
         self._lock = threading.Lock()
         self._queue: list[_Entry[T, R]] = []
@@ -65,6 +72,7 @@ class GroupCommit(Generic[T, R]):
         with self._lock:
             batch = self._queue[:self._max_batch]
             del self._queue[:self._max_batch]
+        outcomes: Sequence[R | Exception] | None = None
         try:
             outcomes = self._run([entry.item for entry in batch])
             for entry, outcome in zip(batch, outcomes, strict=True):
@@ -73,6 +81,7 @@ class GroupCommit(Generic[T, R]):
                 else:
                     entry.result = outcome
         except Exception as exc:  # the batch failed as a whole: every item raises it
+            outcomes = None
             for entry in batch:
                 entry.error = exc
         finally:  # even if the leader is interrupted, no follower waits forever
@@ -82,8 +91,15 @@ class GroupCommit(Generic[T, R]):
                 entry.resolved = True
                 if entry.wake is not None:
                     entry.wake.set()
-            with self._lock:
-                successor = self._queue[0] if self._queue else None
-                self._leading = successor is not None
-            if successor is not None and successor.wake is not None:  # it queued behind us
-                successor.wake.set()
+            try:
+                if self._then is not None and outcomes is not None:
+                    self._then(outcomes)
+            finally:
+                self._pass_the_lead()
+
+    def _pass_the_lead(self) -> None:
+        with self._lock:
+            successor = self._queue[0] if self._queue else None
+            self._leading = successor is not None
+        if successor is not None and successor.wake is not None:  # it queued behind us
+            successor.wake.set()

@@ -14,7 +14,7 @@ import functools
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -149,8 +149,10 @@ def body_of(event_id: int, response: dict) -> dict:
 
 def accept_batches() -> GroupCommit[Callback, Accepted]:
     """One per app and process: the callbacks being accepted at the same moment share one
-    transaction and one Redis round trip."""
-    return GroupCommit(accept_all, MAX_BATCH)
+    transaction and one Redis round trip. A callback is answered once its transaction has
+    committed; the batch is announced after that and before the next batch, so only the
+    leading request waits for Redis and announcements stay in commit order."""
+    return GroupCommit(store_all, MAX_BATCH, then=announce_all)
 
 
 def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | None,
@@ -161,16 +163,14 @@ def accept(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | N
     return batches.submit(Callback(job_id, kind, payload, idempotency_key, rule))
 
 
-def accept_all(callbacks: list[Callback]) -> list[Accepted | Exception]:
-    """One batch of `accept`: stored in one transaction, then announced together; one
-    outcome per callback, in order."""
-    outcomes = store_all(callbacks)
+def announce_all(outcomes: Sequence[Accepted | Exception]) -> None:
+    """After a batch of `accept` has committed (`store_all`): its new events counted and
+    announced together."""
     stored = [outcome.event for outcome in outcomes
               if isinstance(outcome, Accepted) and outcome.event is not None]
     for event in stored:
         CALLBACKS_ACCEPTED.labels(event.kind.value).inc()
     tell(stored)
-    return outcomes
 
 
 def store(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | None,

@@ -58,7 +58,7 @@ def test_each_callback_of_a_batch_gets_the_answer_it_would_have_had_alone(app_an
              outbox.Callback(b, EventKind.LOGS, {"log_type": "stdout", "lines": ["bye"]}),
              progress(a + b + 100, 1)]
     with app.app_context():
-        outcomes = outbox.accept_all(batch)
+        outcomes = outbox.store_all(batch)
         refused = {index: outcome.error_code for index, outcome in enumerate(outcomes)
                    if isinstance(outcome, APIError)}
         # b had finished before the batch; a finished within it, before its epoch 3
@@ -80,7 +80,7 @@ def test_a_repeated_key_in_a_batch_gets_its_first_answer_and_the_others_are_stor
     with app.app_context():
         first = outbox.store(a, EventKind.PROGRESS, progress(a, 1).payload, "epoch-1",
                              apply_progress)
-        outcomes = outbox.accept_all([progress(a, 2, "epoch-2"), progress(a, 1, "epoch-1"),
+        outcomes = outbox.store_all([progress(a, 2, "epoch-2"), progress(a, 1, "epoch-1"),
                                       progress(a, 3, "epoch-1"), progress(a, 3)])
         assert outcomes[1].replayed and outcomes[1].body == first.body
         assert isinstance(outcomes[2], APIError)

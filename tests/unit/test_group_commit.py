@@ -113,3 +113,56 @@ def test_a_wrong_number_of_outcomes_fails_the_batch(size):
     group = GroupCommit(lambda items: [1] * (len(items) + size), 8)
     with pytest.raises(ValueError):
         group.submit(1)
+
+
+def test_then_runs_after_the_followers_are_answered_and_before_the_next_batch():
+    """The outbox answers a callback once it is committed and announces the batch after:
+    the followers must not wait for `then`, the next batch must."""
+    recorder = Recorder()
+    then_started, release_then = threading.Event(), threading.Event()
+    seen: list[list] = []
+
+    def then(outcomes):
+        seen.append(sorted(outcomes))
+        if len(seen) == 2:  # the batch of the two items queued behind the first
+            then_started.set()
+            assert release_then.wait(10)
+
+    group = GroupCommit(recorder, 8, then=then)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        first = pool.submit(group.submit, 1)
+        assert recorder.first_started.wait(10)
+        behind = [pool.submit(group.submit, item) for item in (2, 3)]
+        wait_until(lambda: len(group._queue) == 2, interval=0.01, message="two queued")
+        recorder.release_first.set()
+        assert then_started.wait(10)
+        # the second batch's leader is in `then`; its follower has its answer already
+        wait_until(lambda: sum(future.done() for future in behind) == 1, interval=0.01,
+                   message="the follower answered")
+        late = pool.submit(group.submit, 4)
+        wait_until(lambda: len(group._queue) == 1, interval=0.01, message="4 queued")
+        assert len(recorder.batches) == 2 and not late.done()  # waits for `then`
+        release_then.set()
+        assert late.result(timeout=10) == 40
+        assert [first.result(), *(future.result() for future in behind)] == [10, 20, 30]
+    assert seen == [[10], [20, 30], [40]]
+
+
+def test_then_is_skipped_for_a_failed_batch_and_what_it_raises_reaches_its_leader_only():
+    recorder = Recorder(fail_batch_with=ConnectionError("database unavailable"))
+    seen: list[list] = []
+
+    def then(outcomes):
+        seen.append(sorted(outcomes))
+        raise RuntimeError("announcement failed")
+
+    group = GroupCommit(recorder, 8, then=then)
+    outcomes = queue_behind_first(group, recorder, 1, [2, 3])
+    assert isinstance(outcomes[1], ConnectionError)
+    assert seen == [[20, 30]]  # not called for the failed first batch
+    raised = {item for item in (2, 3) if isinstance(outcomes[item], RuntimeError)}
+    assert len(raised) == 1  # the second batch's leader; its follower has its result
+    assert {outcomes[item] for item in {2, 3} - raised} <= {20, 30}
+    with pytest.raises(RuntimeError):
+        group.submit(7)  # the lead passed on: a new batch runs (and its `then` raises)
+    assert recorder.batches[-1] == [7]
