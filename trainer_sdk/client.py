@@ -34,7 +34,7 @@ from trainer_sdk import __version__
 from trainer_sdk.errors import APIError, SDKError
 from trainer_sdk.sender import Sender, new_key
 from trainer_sdk.transport import DEFAULT_TIMEOUT, Transport
-from trainer_sdk.uploads import Uploader, describe_file
+from trainer_sdk.uploads import Uploader, local_file
 
 log = logging.getLogger("trainer_sdk")
 
@@ -60,7 +60,7 @@ class Client:
                  spool_dir: str | os.PathLike | None = None,
                  log_batch_lines: int = 500, log_interval: float = 2.0,
                  spool_after: float = 5.0, close_timeout: float = 30.0,
-                 upload_workers: int = 8, retry_base_delay: float = 0.5,
+                 upload_workers: int | None = None, retry_base_delay: float = 0.5,
                  retry_max_delay: float = 30.0, call_timeout: float = 30.0) -> None:
         if not isinstance(callback_url, str) or not re.match(r"^https?://[^/]+", callback_url):
             raise ValueError(f"callback_url must be an http(s) URL, got {callback_url!r}")
@@ -256,7 +256,7 @@ class Client:
         `raise_errors=True`)."""
         if checkpoint_type not in CHECKPOINT_TYPES:
             raise ValueError(f"checkpoint_type must be one of {CHECKPOINT_TYPES}")
-        info = describe_file(path)
+        info = local_file(path)
         fields: dict[str, Any] = {"checkpoint_type": checkpoint_type}
         if epoch is not None:
             fields["epoch"] = _count(epoch, "epoch")
@@ -270,7 +270,7 @@ class Client:
         object URI; None (logged) if it fails for good, unless `raise_errors`."""
         if not isinstance(kind, str) or not kind:
             raise ValueError("kind must be a non-empty string")
-        info = describe_file(path)
+        info = local_file(path)
         content_type = (content_type or mimetypes.guess_type(info.path.name)[0]
                         or "application/octet-stream")
         fields = {"kind": kind, "content_type": content_type}

@@ -8,6 +8,7 @@ import hashlib
 import re
 
 from tests.sdk.servers import PART, FakePlatform, Reply
+from trainer_sdk import uploads
 
 
 def test_multipart_upload_with_a_part_failing_once(scripted, make_client, tmp_path):
@@ -81,3 +82,28 @@ def test_a_store_refusal_is_not_retried_and_returns_none(scripted, make_client, 
     assert not scripted.matching("/upload-complete")
     assert "SignatureDoesNotMatch" in caplog.text
     assert "X-Amz-Signature" not in caplog.text  # presigned query strings stay out of logs
+
+
+def test_a_large_file_is_hashed_while_its_parts_upload(scripted, make_client, tmp_path,
+                                                       monkeypatch):
+    monkeypatch.setattr(uploads, "HASH_FIRST_BYTES", PART)  # "large" at test sizes
+    FakePlatform(scripted, multipart=True)
+    data = b"weights!" * (3 * PART // 8)
+    path = tmp_path / "last.pt"
+    path.write_bytes(data)
+    client = make_client(f"{scripted.url}/api/v1", job_id=7)
+
+    assert client.upload_checkpoint(path, "last") == "s3://training/jobs/7/last.pt"
+
+    ask = scripted.matching("/checkpoint/get-upload-url")[0].json()
+    assert ask == {"checkpoint_type": "last", "filename": "last.pt", "size": len(data)}
+    assert len(scripted.matching("/store/", "PUT")) == 3
+    done = scripted.matching("/checkpoint/upload-complete")[0].json()
+    assert done["sha256"] == hashlib.sha256(data).hexdigest()
+    assert [part["part_number"] for part in done["parts"]] == [1, 2, 3]
+
+
+def test_part_uploads_default_to_two_per_core_and_at_most_eight(monkeypatch):
+    for cores, expected in ((1, 2), (2, 4), (4, 8), (64, 8), (None, 2)):
+        monkeypatch.setattr(uploads.os, "cpu_count", lambda cores=cores: cores)
+        assert uploads.default_workers() == expected
