@@ -39,7 +39,6 @@ class BenchSettings:
     freshness_jobs: int
     upload_sizes_mib: tuple[int, ...]
     upload_rounds: int
-    upload_part_threads: int  # parallel part PUTs on the platform's multipart path
     gunicorn_args: tuple[str, ...] = ()  # empty: PLATFORM_GUNICORN_ARGS
     worker_concurrency: int = WORKER_CONCURRENCY  # as `make up` runs it
     metrics_per_callback: int = 20
@@ -51,7 +50,7 @@ class BenchSettings:
                    overload_warmup_seconds=6, overload_factor=2.0, ceiling_seconds=10,
                    drain_fill_seconds=10, drain_seconds=20,
                    freshness_seconds=30, freshness_fraction=0.5, freshness_jobs=20,
-                   upload_sizes_mib=(50, 512), upload_rounds=5, upload_part_threads=8)
+                   upload_sizes_mib=(50, 256, 512), upload_rounds=5)
 
     @classmethod
     def quick(cls) -> BenchSettings:

@@ -1,21 +1,27 @@
 """Checkpoint upload: the platform's presigned path against a raw S3 upload and MLflow's own.
 
-For each size (50 MiB: one signed PUT; 512 MiB: multipart above the 64 MiB threshold), each
-round times, in rotating order:
+For each size (50 MiB: one signed PUT; 256 and 512 MiB: multipart above the 64 MiB
+threshold), each round times, in rotating order:
 
-- platform: get-upload-url + the PUT(s) (parts in parallel) + upload-complete — what a
-  trainer waits for. The time until the worker has verified it is reported too (not a
-  target: the trainer does not wait for it).
+- platform: the trainer SDK's upload (`trainer_sdk.uploads.Uploader`, its defaults) —
+  get-upload-url, the PUT(s), upload-complete and the SHA-256 the SDK computes (before the
+  request up to 64 MiB, beside the part PUTs above): what a trainer waits for. The time
+  until the worker has verified it is reported too (not a target: the trainer does not
+  wait for it).
 - raw: boto3 `upload_file` with the store's credentials (its default multipart settings):
   the ceiling — what a trainer holding credentials could do.
-- mlflow: `MlflowClient.log_artifact` through `mlflow server --serve-artifacts`.
+- mlflow: `MlflowClient.log_artifact` through `mlflow server --serve-artifacts`. Below
+  500 MB (MLflow's MLFLOW_MULTIPART_UPLOAD_MINIMUM_FILE_SIZE) the file goes through the
+  tracking server, which spools it and uploads it with boto3; from 500 MB on, the client
+  uploads 10 MiB parts straight to the store through presigned URLs (the server advertises
+  multipart support), as the platform's SDK does.
 
 Each path uploads the file once untimed first: in the full runs the first round was slow
 for all three (50 MiB: 0.57–0.99 s against 0.25–0.55 s later), and the ratio of two cold
 uploads measures the store warming up, not the path.
 
-The file is random (incompressible) and its SHA-256 computed before timing (a trainer hashes
-while it writes the checkpoint; all three paths read the same bytes from the page cache).
+The file is random (incompressible); all three paths read the same bytes from the page
+cache, as right after a checkpoint was written.
 Ratios are per round, `vs_raw` = raw s ÷ platform s (1.0 = as fast as raw), `vs_mlflow` =
 MLflow s ÷ platform s (> 1: the platform is faster).
 """
@@ -25,10 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-import requests
 
 from bench.context import BenchContext
 from bench.platform_client import JobCredentials, experiment_name
@@ -36,6 +39,8 @@ from bench.progress import log
 from bench.results import FigureSpec, Target, at_least
 from bench.settings import BenchSettings
 from bench.stats import median
+from trainer_sdk.transport import Transport
+from trainer_sdk.uploads import Uploader, local_file
 
 NAMES = frozenset({"upload"})
 MIB = 1024 * 1024
@@ -57,7 +62,8 @@ def figures(settings: BenchSettings) -> list[FigureSpec]:
         prefix = f"upload.{label(size)}"
         specs += [
             FigureSpec(f"{prefix}.platform_s", "s",
-                       f"{size} MiB: get-upload-url + presigned PUT(s) + upload-complete",
+                       f"{size} MiB: the trainer SDK's upload (hash, presigned PUTs, "
+                       "upload-complete)",
                        f"{prefix}.raw_s, {prefix}.mlflow_s"),
             FigureSpec(f"{prefix}.raw_s", "s", f"{size} MiB: boto3 upload_file with credentials",
                        "the ceiling"),
@@ -70,8 +76,8 @@ def figures(settings: BenchSettings) -> list[FigureSpec]:
             FigureSpec(f"{prefix}.platform_verified_s", "s",
                        f"{size} MiB: until the worker has verified it (informational)"),
             FigureSpec(f"{prefix}.sha256_s", "s",
-                       f"{size} MiB: reading and hashing the file, as the SDK does before "
-                       "asking (not in platform_s; informational)"),
+                       f"{size} MiB: reading and hashing the file alone (in platform_s: "
+                       "first up to 64 MiB, beside the parts above; informational)"),
         ]
     return specs
 
@@ -85,8 +91,7 @@ def targets(settings: BenchSettings) -> list[Target]:
 
 
 def hash_seconds(path: Path) -> float:
-    """What the trainer SDK spends reading and hashing a file before it asks for an upload
-    (the page cache is warm, as it is right after a checkpoint was written)."""
+    """What reading and hashing the file costs on its own (the page cache is warm)."""
     started = time.perf_counter()
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -95,16 +100,13 @@ def hash_seconds(path: Path) -> float:
     return time.perf_counter() - started
 
 
-def make_file(directory: Path, size_mib: int) -> tuple[Path, str]:
-    """Random bytes (a compressible file would flatter every path) and their SHA-256."""
+def make_file(directory: Path, size_mib: int) -> Path:
+    """Random bytes: a compressible file would flatter every path."""
     path = directory / f"checkpoint-{size_mib}mib.pt"
-    digest = hashlib.sha256()
     with open(path, "wb") as fh:
         for _ in range(size_mib):
-            chunk = os.urandom(MIB)
-            digest.update(chunk)
-            fh.write(chunk)
-    return path, digest.hexdigest()
+            fh.write(os.urandom(MIB))
+    return path
 
 
 class Uploaders:
@@ -115,8 +117,7 @@ class Uploaders:
 
         self.ctx = ctx
         self.job = job
-        self.api = ctx.stack.api_url + f"/api/v1/training/jobs/{job.job_id}"
-        self.auth = {"Authorization": f"Bearer {job.token}"}
+        self.sdk = Uploader(Transport(ctx.stack.api_url + "/api/v1", job.token), job.job_id)
         self.s3 = _boto_client(ctx)
         self.mlflow = MlflowClient(ctx.stack.mlflow_uri)
         experiment = self.mlflow.create_experiment(experiment_name("artifacts"))
@@ -124,42 +125,13 @@ class Uploaders:
         self.epochs = iter(range(1, 1_000_000))
         self.last_upload_id = ""
 
-    def platform(self, path: Path, sha256: str) -> float:
-        size = path.stat().st_size
-        session = requests.Session()
+    def platform(self, path: Path) -> float:
         started = time.perf_counter()
-        response = session.post(f"{self.api}/checkpoint/get-upload-url", headers=self.auth,
-                                timeout=60, json={
-                                    "checkpoint_type": "epoch", "epoch": next(self.epochs),
-                                    "filename": path.name, "size": size, "sha256": sha256})
-        response.raise_for_status()
-        body = response.json()
-        complete = {"upload_id": body["upload_id"], "sha256": sha256}
-        if "upload_url" in body:
-            with open(path, "rb") as fh:
-                put = session.put(body["upload_url"], data=fh, headers=body["headers"],
-                                  timeout=600)
-            put.raise_for_status()
-        else:
-            complete["parts"] = self._put_parts(path, size, body["part_size"], body["parts"])
-        done = session.post(f"{self.api}/checkpoint/upload-complete", headers=self.auth,
-                            json=complete, timeout=60)
-        done.raise_for_status()
-        self.last_upload_id = body["upload_id"]
-        return time.perf_counter() - started
-
-    def _put_parts(self, path: Path, size: int, part_size: int, parts: list[dict]) -> list[dict]:
-        def put(part: dict) -> dict:
-            offset = (part["part_number"] - 1) * part_size
-            with open(path, "rb") as fh:
-                fh.seek(offset)
-                data = fh.read(min(part_size, size - offset))
-            response = requests.put(part["url"], data=data, timeout=600)
-            response.raise_for_status()
-            return {"part_number": part["part_number"], "etag": response.headers["ETag"]}
-
-        with ThreadPoolExecutor(self.ctx.settings.upload_part_threads) as pool:
-            return list(pool.map(put, parts))
+        done = self.sdk.upload("checkpoint", local_file(path),
+                               {"checkpoint_type": "epoch", "epoch": next(self.epochs)})
+        elapsed = time.perf_counter() - started
+        self.last_upload_id = done["upload_id"]
+        return elapsed
 
     def wait_verified(self, upload_id: str) -> float:
         """Seconds from now until the worker has verified (or rejected) the upload."""
@@ -175,13 +147,13 @@ class Uploaders:
             time.sleep(0.05)
         raise RuntimeError(f"upload {upload_id} not verified within {VERIFY_TIMEOUT_S} s")
 
-    def raw(self, path: Path, sha256: str) -> float:
+    def raw(self, path: Path) -> float:
         started = time.perf_counter()
         self.s3.upload_file(str(path), self.ctx.stack.s3.bucket,
                             f"bench/raw/{next(self.epochs)}/{path.name}")
         return time.perf_counter() - started
 
-    def mlflow_artifact(self, path: Path, sha256: str) -> float:
+    def mlflow_artifact(self, path: Path) -> float:
         started = time.perf_counter()
         self.mlflow.log_artifact(self.mlflow_run, str(path), artifact_path=f"r{next(self.epochs)}")
         return time.perf_counter() - started
@@ -207,20 +179,20 @@ def run(ctx: BenchContext, selected: frozenset[str]) -> None:
     directory = stack.workdir / "uploads"
     directory.mkdir(exist_ok=True)
     for size in settings.upload_sizes_mib:
-        path, sha256 = make_file(directory, size)
+        path = make_file(directory, size)
         times: dict[str, list[float]] = {p: [] for p in PATHS}
         verified: list[float] = []
         hashing: list[float] = []
         methods = {"platform": uploaders.platform, "raw": uploaders.raw,
                    "mlflow": uploaders.mlflow_artifact}
         for name in PATHS:  # untimed: the store's first write of a size is slow for all
-            methods[name](path, sha256)
+            methods[name](path)
         uploaders.wait_verified(uploaders.last_upload_id)
         for round_no in range(settings.upload_rounds):
             hashing.append(hash_seconds(path))
             order = PATHS[round_no % 3:] + PATHS[:round_no % 3]
             for name in order:
-                times[name].append(methods[name](path, sha256))
+                times[name].append(methods[name](path))
                 if name == "platform":
                     verified.append(times[name][-1] +
                                     uploaders.wait_verified(uploaders.last_upload_id))
