@@ -4,6 +4,8 @@ MLflow, which has no transactions with us) writes points that MLflow stores once
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import sqlalchemy as sa
 from flask import current_app
 
@@ -37,17 +39,18 @@ def claim(event_ids: list[int]) -> int:
 
 def project_logs(event: Event) -> list[int] | None:
     """Into the DB, and first into Loki when LOKI_URL is set (see services/loki.py)."""
-    log_type = event.payload.get("log_type", "stdout")
+    event_id, job_id, accepted_ms = event.id, event.job_id, event.accepted_ms
+    log_type, lines = event.payload.get("log_type", "stdout"), event.payload["lines"]
     if current_app.config["LOKI_URL"]:
-        loki.push(current_app.config["LOKI_URL"], event.job_id, log_type,
-                  event.payload["lines"], event.accepted_ms)
-    if not claim([event.id]):
+        end_snapshot()
+        loki.push(current_app.config["LOKI_URL"], job_id, log_type, lines, accepted_ms)
+    if not claim([event_id]):
         db.session.rollback()
         return []  # another worker claimed it first: nothing to announce
     db.session.execute(sa.insert(LogLine), [
-        {"job_id": event.job_id, "event_id": event.id, "seq": seq, "log_type": log_type,
-         "line": line, "created_ms": event.accepted_ms}
-        for seq, line in enumerate(event.payload["lines"])
+        {"job_id": job_id, "event_id": event_id, "seq": seq, "log_type": log_type,
+         "line": line, "created_ms": accepted_ms}
+        for seq, line in enumerate(lines)
     ])
     db.session.commit()
 
@@ -124,52 +127,87 @@ def project_job_metrics(job_id: int, tracking: TrackingService) -> list[int]:
     logger = job_logger(__name__, job_id)
     batch_size = current_app.config["METRICS_BATCH_EVENTS"]
     projected: list[int] = []
+    end_snapshot()  # the lock may take seconds to come free
     with locks.job_lock("metrics", job_id) as renew_lock:
         metrics_queue.take_up(job_id)
-        job = db.session.get(Job, job_id)
-        run_id = ensure_run(job, tracking)
-        more = True
-        while more:
-            events = db.session.scalars(pending_metrics_events(job_id).limit(batch_size)).all()
-            more = len(events) == batch_size  # what was pending did not fit in one batch
-            completion = next((e for e in events if e.kind == EventKind.COMPLETION), None)
-            if completion is not None:
-                more = more or events[-1].id > completion.id
-                events = [e for e in events if e.id <= completion.id]
-            if not events:
-                break
-            requests = _write_isolating_rejects(events, run_id, job.current_epoch or 0,
-                                                tracking, logger)
-            if completion is not None:
-                tracking.finish_run(run_id, completion.payload["status"],
-                                    completion.accepted_ms)
-            ids = [e.id for e in events]  # before the commit expires them: one SELECT each
+        run_id = ensure_run(db.session.get(Job, job_id), tracking)
+        while (batch := next_metrics_batch(job_id, batch_size)) is not None:
+            end_snapshot()
+            requests, rejected = _write_isolating_rejects(batch.points, run_id, tracking,
+                                                          logger)
+            if batch.completion is not None:
+                tracking.finish_run(run_id, *batch.completion)
+            _fail_rejected(rejected)
+            ids = [event_id for event_id, _ in batch.points if event_id not in rejected]
             claim(ids)
             db.session.commit()
             projected.extend(ids)
             renew_lock()
             logger.info("projected %d events into MLflow run %s in %d requests",
-                        len(events), run_id, requests)
+                        len(ids), run_id, requests)
+            if not batch.more:
+                break
     return projected
+
+
+def end_snapshot() -> None:
+    """End the worker's read-only transaction before it waits on a sink. A backend idle in
+    transaction holds PostgreSQL's pruning horizon for the whole database: while workers
+    waited on MLflow, the request path's job updates stopped being HOT and the jobs table
+    grew thirty-fold (README, "half load"). Loaded objects expire: read what the call needs
+    first. Nothing may be unsaved here."""
+    db.session.rollback()
+
+
+@dataclass(frozen=True)
+class MetricsBatch:
+    """What a batch sends to MLflow, as plain data so that no transaction need stay open."""
+    points: list[tuple[int, list[Point]]]  # per event id, oldest first
+    completion: tuple[str, int] | None  # the run's final status and when it was accepted
+    more: bool  # what was pending did not fit in this batch
+
+
+def next_metrics_batch(job_id: int, batch_size: int) -> MetricsBatch | None:
+    """The oldest pending events of the job, up to and including a completion (the run ends
+    there: what follows it waits for the next batch)."""
+    events = db.session.scalars(pending_metrics_events(job_id).limit(batch_size)).all()
+    more = len(events) == batch_size
+    completion = next((e for e in events if e.kind == EventKind.COMPLETION), None)
+    if completion is not None:
+        more = more or events[-1].id > completion.id
+        events = [e for e in events if e.id <= completion.id]
+    if not events:
+        return None
+    final_step = 0
+    if completion is not None:
+        final_step = db.session.scalar(
+            sa.select(Job.current_epoch).where(Job.id == job_id)) or 0
+    return MetricsBatch(
+        points=[(event.id, points_of(event, final_step)) for event in events],
+        completion=(None if completion is None
+                    else (completion.payload["status"], completion.accepted_ms)),
+        more=more)
 
 
 def ensure_run(job: Job, tracking: TrackingService) -> str:
     """The job's MLflow run id, creating experiment and run on first need. Call it holding
-    the job's lock, so that two workers cannot create two runs."""
+    the job's lock, so that two workers cannot create two runs, with nothing unsaved."""
     if job.mlflow_run_id:
         return job.mlflow_run_id
-    experiment_id = tracking.ensure_experiment(job.experiment_name)
+    job_id, experiment_name = job.id, job.experiment_name
     spec = RunSpec(
         job_id=job.id, job_uid=job.uid, run_name=f"job-{job.id}",
         tags={**{str(k): str(v) for k, v in job.tags.items()},
               "model_name": job.model_name, "task_type": job.task_type},
         params=dict(job.params))
-    job.mlflow_experiment_id = experiment_id
-    job.mlflow_run_id = tracking.ensure_run(spec, experiment_id)
+    end_snapshot()
+    experiment_id = tracking.ensure_experiment(experiment_name)
+    run_id = tracking.ensure_run(spec, experiment_id)
+    db.session.execute(sa.update(Job).where(Job.id == job_id).values(
+        mlflow_experiment_id=experiment_id, mlflow_run_id=run_id))
     db.session.commit()
-    job_logger(__name__, job.id).info("MLflow run %s in experiment %s", job.mlflow_run_id,
-                                      experiment_id)
-    return job.mlflow_run_id
+    job_logger(__name__, job_id).info("MLflow run %s in experiment %s", run_id, experiment_id)
+    return run_id
 
 
 def points_of(event: Event, final_step: int) -> list[Point]:
@@ -185,24 +223,28 @@ def points_of(event: Event, final_step: int) -> list[Point]:
             for k, v in metrics.items() if v is not None]
 
 
-def _write_isolating_rejects(events: list[Event], run_id: str, final_step: int,
-                             tracking: TrackingService, logger) -> int:
+def _write_isolating_rejects(points: list[tuple[int, list[Point]]], run_id: str,
+                             tracking: TrackingService, logger) -> tuple[int, dict[int, str]]:
     """One batch for all events; if MLflow refuses it, find the refused events one by one
-    so that one bad event cannot hold the others back."""
-    per_event = [(event, points_of(event, final_step)) for event in events]
-    points = [point for _, event_points in per_event for point in event_points]
+    so that one bad event cannot hold the others back. Returns the requests made and why
+    each refused event was refused."""
     try:
-        return tracking.log_points(run_id, points)
+        return tracking.log_points(run_id, [p for _, event_points in points
+                                            for p in event_points]), {}
     except SinkRejected:
-        if len(events) == 1:
+        if len(points) == 1:
             raise
-    requests = 0
-    for event, event_points in per_event:
+    requests, rejected = 0, {}
+    for event_id, event_points in points:
         try:
             requests += tracking.log_points(run_id, event_points)
         except SinkRejected as exc:
-            logger.error("MLflow refused event %s: %s", event.id, exc)
-            event.state = EventState.FAILED
-            event.last_error = str(exc)[:4000]
-            events.remove(event)
-    return requests
+            logger.error("MLflow refused event %s: %s", event_id, exc)
+            rejected[event_id] = str(exc)[:4000]
+    return requests, rejected
+
+
+def _fail_rejected(rejected: dict[int, str]) -> None:
+    for event_id, error in rejected.items():
+        db.session.execute(sa.update(Event).where(Event.id == event_id).values(
+            state=EventState.FAILED, last_error=error))

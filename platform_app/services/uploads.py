@@ -22,7 +22,7 @@ from platform_app.joblog import job_logger
 from platform_app.models import Event, Job, Upload, UploadPurpose, UploadStatus, utcnow
 from platform_app.services import locks
 from platform_app.services.errors import SinkRejected
-from platform_app.services.projections import claim, ensure_run
+from platform_app.services.projections import claim, end_snapshot, ensure_run
 from platform_app.services.storage import ObjectStore, StoreRefused
 from platform_app.services.tracking import TrackingService
 
@@ -130,27 +130,34 @@ def discard(upload: Upload, store: ObjectStore) -> None:
 def finalize(event: Event, store: ObjectStore, tracking: TrackingService) -> dict:
     """The projection of an upload-complete event. Re-entrant: a retry after the DB record
     skips to what is left (the MLflow link). Returns the verdict for live viewers."""
-    logger = job_logger(__name__, event.job_id)
+    event_id, job_id, payload = event.id, event.job_id, event.payload
+    logger = job_logger(__name__, job_id)
     upload = db.session.scalar(sa.select(Upload).where(
-        Upload.upload_id == event.payload["upload_id"]))
+        Upload.upload_id == payload["upload_id"]))
     if upload.status == UploadStatus.PENDING:
-        verdict = verify(upload, event.payload["sha256"], event.payload.get("parts"), store)
+        db.session.expunge(upload)  # keeps what it loaded while no snapshot is held
+        end_snapshot()
+        verdict = verify(upload, payload["sha256"], payload.get("parts"), store)
+        if not verdict.ok:
+            discard(upload, store)
+        upload = db.session.get(Upload, upload.id)
         if verdict.ok:
-            record_verified(upload, verdict, event.payload.get("metrics"))
+            record_verified(upload, verdict, payload.get("metrics"))
             logger.info("upload %s verified: %s (%d bytes)", upload.upload_id,
                         store.uri(upload.key), upload.size)
         else:
-            discard(upload, store)
             upload.status, upload.reason = UploadStatus.REJECTED, verdict.reason
             logger.warning("upload %s rejected and deleted: %s", upload.upload_id,
                            verdict.reason)
         db.session.commit()
     if upload.status == UploadStatus.VERIFIED and upload.purpose == UploadPurpose.CHECKPOINT:
-        job = db.session.get(Job, event.job_id)
-        with locks.job_lock("metrics", job.id):
-            run_id = ensure_run(job, tracking)
-            tracking.set_tags(run_id, checkpoint_tags(upload, store))
-    claim([event.id])
+        tags = checkpoint_tags(upload, store)
+        end_snapshot()  # the lock may take seconds to come free
+        with locks.job_lock("metrics", job_id):
+            run_id = ensure_run(db.session.get(Job, job_id), tracking)
+            end_snapshot()
+            tracking.set_tags(run_id, tags)
+    claim([event_id])
     db.session.commit()
     return {"upload_id": upload.upload_id, "status": upload.status.value,
             "reason": upload.reason, "s3_uri": store.uri(upload.key), "sha256": upload.sha256}

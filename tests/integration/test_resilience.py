@@ -11,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from platform_app.extensions import db
 from platform_app.models import Event, EventState
+from platform_app.services.errors import SinkRejected
 from tests.conftest import wait_until
 
 
@@ -158,3 +159,48 @@ def test_a_queued_metrics_task_serves_every_callback_of_its_job(stack, worker_ta
     run_id = api.job(job["job_id"])["mlflow_run_id"]
     points = MlflowClient(stack.mlflow.uri).get_metric_history(run_id, "loss")
     assert [p.step for p in points] == [2]
+
+
+class RefusingTracking:
+    """The real tracking service, refusing points named `poison` as MLflow refuses bad
+    data, and recording whether a DB transaction was open at each call: a worker idle in
+    transaction while it waits on MLflow holds PostgreSQL's pruning horizon."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.calls_in_transaction: list[str] = []
+
+    def __getattr__(self, name: str):
+        method = getattr(self.real, name)
+
+        def call(*args, **kwargs):
+            if db.session().in_transaction():
+                self.calls_in_transaction.append(name)
+            if name == "log_points" and any(p.key == "poison" for p in args[1]):
+                raise SinkRejected("MLflow refused the metric poison")
+            return method(*args, **kwargs)
+        return call
+
+
+def test_a_refused_event_does_not_hold_back_its_batch(stack, worker_tasks, monkeypatch):
+    """MLflow refuses one event of a batch: that event fails with MLflow's reason, the rest
+    of the batch lands — and no DB transaction stays open across any MLflow call."""
+    api = stack.actions
+    job = api.create_job()
+    tracking = RefusingTracking(stack.app.extensions["tracking"])
+    monkeypatch.setitem(stack.app.extensions, "tracking", tracking)
+    stack.worker.stop()
+    try:
+        ids = [api.callback(job, "progress", {"current_epoch": e, "metrics": metrics})
+               .get_json()["event_id"]
+               for e, metrics in ((1, {"loss": 1.0}), (2, {"poison": 2.0}), (3, {"loss": 3.0}))]
+        with stack.app.app_context():
+            worker_tasks.project_job_metrics.run(ids[0], job_id=job["job_id"])
+    finally:
+        stack.worker.start()
+    assert [stack.event(i)["state"] for i in ids] == ["projected", "failed", "projected"]
+    assert "poison" in stack.event(ids[1])["last_error"]
+    run_id = api.job(job["job_id"])["mlflow_run_id"]
+    points = MlflowClient(stack.mlflow.uri).get_metric_history(run_id, "loss")
+    assert sorted(p.step for p in points) == [1, 3]
+    assert tracking.calls_in_transaction == []
