@@ -234,6 +234,9 @@ def abandon_expired(grace_s: float = 60, limit: int = 200) -> int:
     expired = db.session.scalars(sa.select(Upload).where(
         Upload.status == UploadStatus.PENDING, Upload.complete_event_id.is_(None),
         Upload.expires_at < cutoff).limit(limit)).all()
+    for upload in expired:
+        db.session.expunge(upload)  # keeps what it loaded while no snapshot is held
+    end_snapshot()
     store = get_store()
     for upload in expired:
         try:
@@ -241,7 +244,10 @@ def abandon_expired(grace_s: float = 60, limit: int = 200) -> int:
         except SinkRejected as exc:
             job_logger(__name__, upload.job_id).warning(
                 "could not clean up upload %s: %s", upload.upload_id, exc)
-        upload.status, upload.reason = UploadStatus.ABANDONED, "upload URL expired unused"
+        db.session.execute(sa.update(Upload).where(
+            Upload.id == upload.id, Upload.status == UploadStatus.PENDING,
+            Upload.complete_event_id.is_(None)).values(
+            status=UploadStatus.ABANDONED, reason="upload URL expired unused"))
         db.session.commit()
         job_logger(__name__, upload.job_id).info("upload %s abandoned", upload.upload_id)
     return len(expired)
