@@ -150,12 +150,15 @@ def project_job_metrics(job_id: int, tracking: TrackingService) -> list[int]:
     return projected
 
 
-def end_snapshot() -> None:
+def end_snapshot(*keep: object) -> None:
     """End the worker's read-only transaction before it waits on a sink. A backend idle in
     transaction holds PostgreSQL's pruning horizon for the whole database: while workers
     waited on MLflow, the request path's job updates stopped being HOT and the jobs table
-    grew thirty-fold (README, "half load"). Loaded objects expire: read what the call needs
-    first. Nothing may be unsaved here."""
+    grew thirty-fold (README, "half load"). Loaded objects expire, except those in `keep`,
+    which leave the session with what they loaded (get them again to write to them).
+    Nothing may be unsaved here."""
+    for instance in keep:
+        db.session.expunge(instance)
     db.session.rollback()
 
 

@@ -135,8 +135,7 @@ def finalize(event: Event, store: ObjectStore, tracking: TrackingService) -> dic
     upload = db.session.scalar(sa.select(Upload).where(
         Upload.upload_id == payload["upload_id"]))
     if upload.status == UploadStatus.PENDING:
-        db.session.expunge(upload)  # keeps what it loaded while no snapshot is held
-        end_snapshot()
+        end_snapshot(upload)
         verdict = verify(upload, payload["sha256"], payload.get("parts"), store)
         if not verdict.ok:
             discard(upload, store)
@@ -231,12 +230,10 @@ def abandon_expired(grace_s: float = 60, limit: int = 200) -> int:
     """Sweeper: uploads whose URLs expired without an upload-complete are abandoned, and
     their unfinished multipart uploads and stray objects removed."""
     cutoff = utcnow() - timedelta(seconds=grace_s)
+    unclaimed = (Upload.status == UploadStatus.PENDING, Upload.complete_event_id.is_(None))
     expired = db.session.scalars(sa.select(Upload).where(
-        Upload.status == UploadStatus.PENDING, Upload.complete_event_id.is_(None),
-        Upload.expires_at < cutoff).limit(limit)).all()
-    for upload in expired:
-        db.session.expunge(upload)  # keeps what it loaded while no snapshot is held
-    end_snapshot()
+        *unclaimed, Upload.expires_at < cutoff).limit(limit)).all()
+    end_snapshot(*expired)
     store = get_store()
     for upload in expired:
         try:
@@ -244,9 +241,7 @@ def abandon_expired(grace_s: float = 60, limit: int = 200) -> int:
         except SinkRejected as exc:
             job_logger(__name__, upload.job_id).warning(
                 "could not clean up upload %s: %s", upload.upload_id, exc)
-        db.session.execute(sa.update(Upload).where(
-            Upload.id == upload.id, Upload.status == UploadStatus.PENDING,
-            Upload.complete_event_id.is_(None)).values(
+        db.session.execute(sa.update(Upload).where(Upload.id == upload.id, *unclaimed).values(
             status=UploadStatus.ABANDONED, reason="upload URL expired unused"))
         db.session.commit()
         job_logger(__name__, upload.job_id).info("upload %s abandoned", upload.upload_id)
