@@ -23,11 +23,14 @@ from platform_app.schemas import (
     UploadCompleteSchema,
     UploadSchema,
 )
-from platform_app.services import outbox, uploads
+from platform_app.services import outbox, statements, uploads
 
 bp = Blueprint("uploads", __name__, url_prefix=f"{URL_PREFIX}/training",
                description="Checkpoint and artifact uploads through presigned URLs")
 uploads_schema = UploadSchema(many=True)
+# built once: the batch's statements are compiled once per process (services/statements.py)
+LINK_COMPLETE_EVENT = (sa.update(Upload).where(Upload.id == sa.bindparam("upload"))
+                       .values(complete_event_id=sa.bindparam("event")))
 
 
 def _issue(job_id: int, purpose: UploadPurpose, data: dict) -> dict:
@@ -72,9 +75,8 @@ def _complete(job_id: int, purpose: UploadPurpose, data: dict):
         raise APIError.validation("parts", "are required for a multipart upload and only then")
 
     def link(job: outbox.JobForRules, payload: dict) -> outbox.Effect:
-        def record(connection: sa.Connection, event_id: int) -> None:
-            connection.execute(sa.update(Upload).where(Upload.id == upload.id)
-                               .values(complete_event_id=event_id))
+        def record(transaction: statements.Transaction, event_id: int) -> None:
+            transaction.queue(LINK_COMPLETE_EVENT, {"upload": upload.id, "event": event_id})
 
         return outbox.Effect(response={"upload_id": upload.upload_id,
                                        "s3_uri": uploads.get_store().uri(upload.key)},

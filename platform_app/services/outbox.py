@@ -14,6 +14,7 @@ import functools
 import hashlib
 import json
 import logging
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -29,7 +30,7 @@ from platform_app.extensions import db
 from platform_app.joblog import job_logger
 from platform_app.metrics import CALLBACKS_ACCEPTED
 from platform_app.models import Event, EventKind, EventState, Job, JobStatus, now_ms, utcnow
-from platform_app.services import events, metrics_queue
+from platform_app.services import events, metrics_queue, statements
 from platform_app.services.group_commit import GroupCommit
 from platform_app.services.redis_client import redis_client
 
@@ -75,8 +76,8 @@ class Effect:
 
     job_changes: dict = field(default_factory=dict)  # jobs column → new value
     response: dict = field(default_factory=dict)  # extra fields of the 202 body
-    # gets the transaction's connection and the event id (e.g. to link a row to the event)
-    on_inserted: Callable[[sa.Connection, int], None] | None = None
+    # gets the transaction and the event id (e.g. to link a row to the event)
+    on_inserted: Callable[[statements.Transaction, int], None] | None = None
 
 
 Rule = Callable[[JobForRules, dict], Effect]
@@ -100,10 +101,6 @@ class Callback:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-# Built once (per shape): a statement object caches its compiled form and cache key.
-# One multi-row INSERT; RETURNING rows come back in the order of the parameters.
-INSERT_EVENTS = sa.insert(Event).returning(Event.id, Event.accepted_ms, Event.task_id,
-                                           sort_by_parameter_order=True)
 MAX_BATCH = 64  # callbacks in one transaction at most (services/group_commit.py)
 
 
@@ -125,6 +122,22 @@ def _jobs_for_rules(count: int) -> sa.Select:
     execution."""
     return (sa.select(*(getattr(Job, column) for column in ("id", *RULE_COLUMNS)))
             .where(Job.id.in_(_job_ids(count))).order_by(Job.id).with_for_update())
+
+
+# Every column of a new event, set here rather than by the model's defaults: one statement
+# per batch size, and the task id generated here correlates the RETURNING rows with the
+# callbacks whatever order they come back in.
+EVENT_COLUMNS = ("job_id", "kind", "payload", "idempotency_key", "request_hash", "response",
+                 "state", "accepted_ms", "task_id", "attempts", "enqueued_at")
+
+
+@functools.lru_cache(maxsize=MAX_BATCH)
+def _insert_events(count: int) -> sa.Insert:
+    table = Event.__table__
+    return sa.insert(table).values([
+        {name: sa.bindparam(_param(name, index), type_=table.c[name].type)
+         for name in EVENT_COLUMNS}
+        for index in range(count)]).returning(table.c.id, table.c.task_id)
 
 
 @functools.lru_cache(maxsize=256)
@@ -183,37 +196,35 @@ def store(job_id: int, kind: EventKind, payload: dict, idempotency_key: str | No
 
 
 def store_all(callbacks: list[Callback]) -> list[Accepted | Exception]:
-    """Persist callbacks in one short transaction of plain statements on a connection of its
-    own: the ORM session's unit of work and transaction bookkeeping cost more CPU than the
-    statements themselves. A callback its rule refuses (APIError) leaves nothing behind and
-    gets its error as its outcome; the others are stored."""
-    with db.engine.connect() as connection:
-        try:
-            outcomes = _store_on(connection, callbacks)
-            connection.commit()
-        except IntegrityError as conflict:
-            # A repeated Idempotency-Key is rare: the unique constraint finds it, instead of
-            # a look-up on every request. It fails the batch's one INSERT, so the batch's
-            # callbacks are then stored one by one.
-            connection.rollback()
-            if len(callbacks) > 1:
-                outcomes = None
-            else:
-                outcomes = [conflict]
-        if outcomes is not None:
-            return [_or_first_answer(connection, callback, outcome)
-                    for callback, outcome in zip(callbacks, outcomes, strict=True)]
-    return [store_all([callback])[0] for callback in callbacks]
+    """Persist callbacks in one short transaction of plain statements, in two round trips on
+    PostgreSQL (services/statements.py): the ORM session's unit of work and transaction
+    bookkeeping cost more CPU than the statements themselves. A callback its rule refuses
+    (APIError) leaves nothing behind and gets its error as its outcome; the others are
+    stored."""
+    try:
+        with statements.transaction(db.engine) as transaction:
+            outcomes = _store_in(transaction, callbacks)
+    except IntegrityError as conflict:
+        # A repeated Idempotency-Key is rare: the unique constraint finds it, instead of a
+        # look-up on every request. It fails the batch's one INSERT, so the batch's
+        # callbacks are then stored one by one.
+        if len(callbacks) > 1:
+            return [store_all([callback])[0] for callback in callbacks]
+        outcomes = [conflict]
+    return [_or_first_answer(callback, outcome)
+            for callback, outcome in zip(callbacks, outcomes, strict=True)]
 
 
-def _store_on(connection: sa.Connection,
+def _store_in(transaction: statements.Transaction,
               callbacks: list[Callback]) -> list[Accepted | Exception]:
+    """Lock and read the batch's jobs, apply each callback's rule, then write the events and
+    the jobs' changes and commit."""
     job_ids = {_param("id", index): job_id
                for index, job_id in enumerate({callback.job_id for callback in callbacks})}
-    jobs = {row.id: JobForRules(*row)
-            for row in connection.execute(_jobs_for_rules(len(job_ids)), job_ids)}
+    jobs = {row[0]: JobForRules(*row)
+            for row in transaction.rows(_jobs_for_rules(len(job_ids)), job_ids)}
     outcomes: list = [None] * len(callbacks)  # each filled in below
-    inserts: list[tuple[int, Callback, Effect, dict]] = []
+    inserts: list[tuple[int, Callback, Effect, dict, events.StoredEvent]] = []
     job_changes: dict[int, dict] = {}
     for index, callback in enumerate(callbacks):
         job = jobs.get(callback.job_id)
@@ -230,25 +241,42 @@ def _store_on(connection: sa.Connection,
         status = effect.job_changes.get("status", job.status)
         response = {"job_id": callback.job_id, "kind": callback.kind.value,
                     "job_status": status.value, **effect.response}
-        inserts.append((index, callback, effect, response))
+        event = events.StoredEvent(0, callback.job_id, callback.kind, callback.payload,
+                                   callback.state, now_ms(), str(uuid.uuid4()))
+        inserts.append((index, callback, effect, response, event))
     if not inserts:
         return outcomes
-    inserted = connection.execute(INSERT_EVENTS, [
-        {"job_id": callback.job_id, "kind": callback.kind, "payload": callback.payload,
-         "idempotency_key": callback.idempotency_key, "request_hash": callback.digest,
-         "response": response, "state": callback.state}
-        for _, callback, _, response in inserts]).all()
-    _update_jobs(connection, job_changes)
-    for (index, callback, effect, response), row in zip(inserts, inserted, strict=True):
-        event = events.StoredEvent(row.id, callback.job_id, callback.kind, callback.payload,
-                                   callback.state, row.accepted_ms, row.task_id)
-        if effect.on_inserted is not None:
-            effect.on_inserted(connection, event.id)
+    inserted = transaction.queue(_insert_events(len(inserts)), _event_params(inserts))
+    _update_jobs(transaction, job_changes)
+    linked = [(effect.on_inserted, event.task_id) for _, _, effect, _, event in inserts
+              if effect.on_inserted is not None]
+    if linked:  # these need the events' ids before the commit: one round trip more
+        ids = {task_id: event_id for event_id, task_id in inserted.rows()}
+        for on_inserted, task_id in linked:
+            on_inserted(transaction, ids[task_id])
+    transaction.commit()
+    ids = {task_id: event_id for event_id, task_id in inserted.rows()}
+    for index, _, _, response, event in inserts:
+        event = dataclasses.replace(event, id=ids[event.task_id])
         outcomes[index] = Accepted(body=body_of(event.id, response), replayed=False, event=event)
     return outcomes
 
 
-def _update_jobs(connection: sa.Connection, job_changes: dict[int, dict]) -> None:
+def _event_params(inserts: list[tuple[int, Callback, Effect, dict, events.StoredEvent]]
+                  ) -> dict:
+    params = {}
+    enqueued_at = utcnow()
+    for row, (_, callback, _, response, event) in enumerate(inserts):
+        values = {"job_id": callback.job_id, "kind": callback.kind, "payload": callback.payload,
+                  "idempotency_key": callback.idempotency_key, "request_hash": callback.digest,
+                  "response": response, "state": callback.state,
+                  "accepted_ms": event.accepted_ms, "task_id": event.task_id, "attempts": 0,
+                  "enqueued_at": enqueued_at}
+        params.update((_param(name, row), values[name]) for name in EVENT_COLUMNS)
+    return params
+
+
+def _update_jobs(transaction: statements.Transaction, job_changes: dict[int, dict]) -> None:
     """One UPDATE per set of changed columns (one set for a batch of progress callbacks)."""
     by_columns: dict[tuple[str, ...], list[tuple[int, dict]]] = {}
     for job_id, changes in job_changes.items():
@@ -258,18 +286,18 @@ def _update_jobs(connection: sa.Connection, job_changes: dict[int, dict]) -> Non
         for index, (job_id, changes) in enumerate(jobs):
             params[_param("id", index)] = job_id
             params.update((_param(name, index), changes[name]) for name in columns)
-        connection.execute(_update_jobs_statement(columns, len(jobs)), params)
+        transaction.queue(_update_jobs_statement(columns, len(jobs)), params)
 
 
-def _or_first_answer(connection: sa.Connection, callback: Callback,
-                     outcome: Accepted | Exception) -> Accepted | Exception:
+def _or_first_answer(callback: Callback, outcome: Accepted | Exception) -> Accepted | Exception:
     """A refused or conflicting callback whose Idempotency-Key was used before gets that
     first answer: a retried callback whose first attempt moved the job on (a completion)
     gets its first answer, not the refusal its second attempt would earn."""
     if callback.idempotency_key is None or not isinstance(outcome, APIError | IntegrityError):
         return outcome
     try:
-        earlier = _replay(connection, callback)
+        with db.engine.connect() as connection:
+            earlier = _replay(connection, callback)
     except APIError as reused:
         return reused
     return earlier or outcome
