@@ -14,7 +14,6 @@ import functools
 import hashlib
 import json
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -124,11 +123,12 @@ def _jobs_for_rules(count: int) -> sa.Select:
             .where(Job.id.in_(_job_ids(count))).order_by(Job.id).with_for_update())
 
 
-# Every column of a new event, set here rather than by the model's defaults: one statement
-# per batch size, and the task id generated here correlates the RETURNING rows with the
-# callbacks whatever order they come back in.
+# Every column of a new event is a parameter, the model's defaults evaluated before the
+# INSERT (`_new_event`): one statement per batch size, and the task id known beforehand
+# matches the RETURNING rows to the callbacks whatever order they come back in.
+DEFAULTED_COLUMNS = ("accepted_ms", "task_id", "attempts", "enqueued_at")
 EVENT_COLUMNS = ("job_id", "kind", "payload", "idempotency_key", "request_hash", "response",
-                 "state", "accepted_ms", "task_id", "attempts", "enqueued_at")
+                 "state", *DEFAULTED_COLUMNS)
 
 
 @functools.lru_cache(maxsize=MAX_BATCH)
@@ -224,7 +224,7 @@ def _store_in(transaction: statements.Transaction,
     jobs = {row[0]: JobForRules(*row)
             for row in transaction.rows(_jobs_for_rules(len(job_ids)), job_ids)}
     outcomes: list = [None] * len(callbacks)  # each filled in below
-    inserts: list[tuple[int, Callback, Effect, dict, events.StoredEvent]] = []
+    inserts: list[tuple[int, Callback, Effect, dict]] = []  # dict: the new event's row
     job_changes: dict[int, dict] = {}
     for index, callback in enumerate(callbacks):
         job = jobs.get(callback.job_id)
@@ -241,39 +241,40 @@ def _store_in(transaction: statements.Transaction,
         status = effect.job_changes.get("status", job.status)
         response = {"job_id": callback.job_id, "kind": callback.kind.value,
                     "job_status": status.value, **effect.response}
-        event = events.StoredEvent(0, callback.job_id, callback.kind, callback.payload,
-                                   callback.state, now_ms(), str(uuid.uuid4()))
-        inserts.append((index, callback, effect, response, event))
+        inserts.append((index, callback, effect, _new_event(callback, response)))
     if not inserts:
         return outcomes
-    inserted = transaction.queue(_insert_events(len(inserts)), _event_params(inserts))
+    inserted = transaction.queue(_insert_events(len(inserts)), {
+        _param(name, row): new[name]
+        for row, (_, _, _, new) in enumerate(inserts) for name in EVENT_COLUMNS})
     _update_jobs(transaction, job_changes)
-    linked = [(effect.on_inserted, event.task_id) for _, _, effect, _, event in inserts
-              if effect.on_inserted is not None]
-    if linked:  # these need the events' ids before the commit: one round trip more
+    ids = None
+    if any(effect.on_inserted for _, _, effect, _ in inserts):
+        # these need the events' ids before the commit: one round trip more
         ids = {task_id: event_id for event_id, task_id in inserted.rows()}
-        for on_inserted, task_id in linked:
-            on_inserted(transaction, ids[task_id])
+        for _, _, effect, new in inserts:
+            if effect.on_inserted is not None:
+                effect.on_inserted(transaction, ids[new["task_id"]])
     transaction.commit()
-    ids = {task_id: event_id for event_id, task_id in inserted.rows()}
-    for index, _, _, response, event in inserts:
-        event = dataclasses.replace(event, id=ids[event.task_id])
-        outcomes[index] = Accepted(body=body_of(event.id, response), replayed=False, event=event)
+    ids = ids or {task_id: event_id for event_id, task_id in inserted.rows()}
+    for index, callback, _, new in inserts:
+        event = events.StoredEvent(ids[new["task_id"]], callback.job_id, callback.kind,
+                                   callback.payload, callback.state, new["accepted_ms"],
+                                   new["task_id"])
+        outcomes[index] = Accepted(body=body_of(event.id, new["response"]), replayed=False,
+                                   event=event)
     return outcomes
 
 
-def _event_params(inserts: list[tuple[int, Callback, Effect, dict, events.StoredEvent]]
-                  ) -> dict:
-    params = {}
-    enqueued_at = utcnow()
-    for row, (_, callback, _, response, event) in enumerate(inserts):
-        values = {"job_id": callback.job_id, "kind": callback.kind, "payload": callback.payload,
-                  "idempotency_key": callback.idempotency_key, "request_hash": callback.digest,
-                  "response": response, "state": callback.state,
-                  "accepted_ms": event.accepted_ms, "task_id": event.task_id, "attempts": 0,
-                  "enqueued_at": enqueued_at}
-        params.update((_param(name, row), values[name]) for name in EVENT_COLUMNS)
-    return params
+def _new_event(callback: Callback, response: dict) -> dict:
+    """The event's row, by column: the model's defaults (platform_app/models.py) evaluated here."""
+    row = {}
+    for name in DEFAULTED_COLUMNS:
+        default = Event.__table__.c[name].default
+        row[name] = default.arg(None) if default.is_callable else default.arg
+    return {**row, "job_id": callback.job_id, "kind": callback.kind,
+            "payload": callback.payload, "idempotency_key": callback.idempotency_key,
+            "request_hash": callback.digest, "response": response, "state": callback.state}
 
 
 def _update_jobs(transaction: statements.Transaction, job_changes: dict[int, dict]) -> None:

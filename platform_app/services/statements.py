@@ -129,9 +129,7 @@ def _as_sqlalchemy_error(sql: str) -> Iterator[None]:
 
     try:
         yield
-    except psycopg.IntegrityError as error:
-        raise sa.exc.IntegrityError(sql, None, error) from error
-    except psycopg.Error as error:
+    except psycopg.Error as error:  # SQLAlchemy's own mapping: IntegrityError, and so on
         raise sa.exc.DBAPIError.instance(sql, None, error, psycopg.Error) from error
 
 
