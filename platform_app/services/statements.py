@@ -138,7 +138,8 @@ class _PipelinedTransaction:
         self._connection, self._pipeline, self._dialect = connection, pipeline, dialect
         self._queued: list[_PipelinedRows] = []
         # on an autocommit connection: psycopg would otherwise send BEGIN and wait for it
-        self._connection.execute(b"BEGIN")
+        with _as_sqlalchemy_error("BEGIN"):
+            self._connection.execute(b"BEGIN")
 
     def rows(self, statement: sa.Executable, params: dict | None = None) -> list[tuple]:
         return self.queue(statement, params).rows()
@@ -154,8 +155,10 @@ class _PipelinedTransaction:
         return queued
 
     def commit(self) -> None:
-        self._connection.execute(b"COMMIT")
+        # An earlier statement's error (a repeated Idempotency-Key's unique violation) may
+        # arrive while psycopg sends the COMMIT, not only at the sync.
         with _as_sqlalchemy_error("COMMIT"):
+            self._connection.execute(b"COMMIT")
             self._pipeline.sync()  # the writes, the COMMIT and every result: one round trip
         for queued in self._queued:
             queued.rows()

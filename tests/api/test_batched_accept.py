@@ -88,3 +88,29 @@ def test_a_repeated_key_in_a_batch_gets_its_first_answer_and_the_others_are_stor
         assert not outcomes[0].replayed and not outcomes[3].replayed
         assert stored_events(a) == [("progress", 1), ("progress", 2), ("progress", 3)]
 
+
+
+AWKWARD = ["it's", "''", "\\", "\\'", "%s", "%(job_id)s", "$1", "$$", "; DELETE FROM jobs; --",
+           "E'\\n'", "line\nbreak\ttab", "é 日本 🚀", "nul \u0000 inside"]
+
+
+def test_values_are_stored_as_sent_whatever_characters_they_hold(app_and_api):
+    """The batch's statements are built once and sent to the driver by hand
+    (services/statements.py): quotes, backslashes, placeholders and statement separators
+    in the values must arrive as data, on both databases."""
+    app, api = app_and_api
+    a, b = api.create_job()["job_id"], api.create_job()["job_id"]
+    logs = {"log_type": "stdout", "lines": AWKWARD}
+    with app.app_context():
+        outcomes = outbox.store_all([
+            outbox.Callback(a, EventKind.LOGS, logs, "key-'; DROP TABLE events; --"),
+            progress(b, 1, "%(id_0)s"),
+        ])
+        assert not any(isinstance(outcome, Exception) for outcome in outcomes), outcomes
+        db.session.expire_all()
+        stored = db.session.get(Event, outcomes[0].body["event_id"])
+        assert (stored.payload, stored.idempotency_key) == (logs,
+                                                            "key-'; DROP TABLE events; --")
+        assert db.session.get(Event, outcomes[1].body["event_id"]).idempotency_key == "%(id_0)s"
+        assert db.session.scalar(db.select(db.func.count()).select_from(Job)) == 2
+        assert db.session.get(Job, b).current_epoch == 1
