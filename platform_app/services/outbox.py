@@ -127,6 +127,7 @@ def _jobs_for_rules(count: int) -> sa.Select:
 # INSERT (`_new_event`): one statement per batch size, and the task id known beforehand
 # matches the RETURNING rows to the callbacks whatever order they come back in.
 DEFAULTED_COLUMNS = ("accepted_ms", "task_id", "attempts", "enqueued_at")
+_DEFAULTS = {name: Event.__table__.c[name].default for name in DEFAULTED_COLUMNS}
 EVENT_COLUMNS = ("job_id", "kind", "payload", "idempotency_key", "request_hash", "response",
                  "state", *DEFAULTED_COLUMNS)
 
@@ -256,7 +257,8 @@ def _store_in(transaction: statements.Transaction,
             if effect.on_inserted is not None:
                 effect.on_inserted(transaction, ids[new["task_id"]])
     transaction.commit()
-    ids = ids or {task_id: event_id for event_id, task_id in inserted.rows()}
+    if ids is None:
+        ids = {task_id: event_id for event_id, task_id in inserted.rows()}
     for index, callback, _, new in inserts:
         event = events.StoredEvent(ids[new["task_id"]], callback.job_id, callback.kind,
                                    callback.payload, callback.state, new["accepted_ms"],
@@ -268,10 +270,8 @@ def _store_in(transaction: statements.Transaction,
 
 def _new_event(callback: Callback, response: dict) -> dict:
     """The event's row, by column: the model's defaults (platform_app/models.py) evaluated here."""
-    row = {}
-    for name in DEFAULTED_COLUMNS:
-        default = Event.__table__.c[name].default
-        row[name] = default.arg(None) if default.is_callable else default.arg
+    row = {name: default.arg(None) if default.is_callable else default.arg
+           for name, default in _DEFAULTS.items()}
     return {**row, "job_id": callback.job_id, "kind": callback.kind,
             "payload": callback.payload, "idempotency_key": callback.idempotency_key,
             "request_hash": callback.digest, "response": response, "state": callback.state}

@@ -40,8 +40,9 @@ class Transaction(Protocol):
 
 def transaction(engine: sa.Engine) -> contextlib.AbstractContextManager[Transaction]:
     """A transaction for statements built once (module constants or cached builders: their
-    compiled form is cached by identity). Rolled back unless committed; driver errors arrive
-    as SQLAlchemy's exceptions on either path."""
+    compiled form is cached by identity). Rolled back unless committed; a driver error
+    leaves the `with` block as SQLAlchemy's exception on either path (in pipeline mode it
+    may surface at a later call than the statement that caused it)."""
     if engine.dialect.driver == "psycopg":
         return _pipelined(engine)
     return _on_connection(engine)
@@ -118,28 +119,17 @@ class _PipelinedRows:
 
     def rows(self) -> list[tuple]:
         if self._rows is None:
-            with _as_sqlalchemy_error(self._compiled.sql):
-                self._rows = [self._compiled.row(raw) for raw in self._cursor.fetchall()]
+            self._rows = [self._compiled.row(raw) for raw in self._cursor.fetchall()]
         return self._rows
-
-
-@contextlib.contextmanager
-def _as_sqlalchemy_error(sql: str) -> Iterator[None]:
-    import psycopg
-
-    try:
-        yield
-    except psycopg.Error as error:  # SQLAlchemy's own mapping: IntegrityError, and so on
-        raise sa.exc.DBAPIError.instance(sql, None, error, psycopg.Error) from error
 
 
 class _PipelinedTransaction:
     def __init__(self, connection: Any, pipeline: Any, dialect: Dialect) -> None:
         self._connection, self._pipeline, self._dialect = connection, pipeline, dialect
         self._queued: list[_PipelinedRows] = []
+        self.sent: list[str] = []  # the SQL so far, for the error message
         # on an autocommit connection: psycopg would otherwise send BEGIN and wait for it
-        with _as_sqlalchemy_error("BEGIN"):
-            self._connection.execute(b"BEGIN")
+        self._connection.execute(b"BEGIN")
 
     def rows(self, statement: sa.Executable, params: dict | None = None) -> list[tuple]:
         return self.queue(statement, params).rows()
@@ -147,19 +137,16 @@ class _PipelinedTransaction:
     def queue(self, statement: sa.Executable, params: dict | None = None) -> Deferred:
         compiled = _compiled(statement, self._dialect)
         cursor = self._connection.cursor()
-        with _as_sqlalchemy_error(compiled.sql):
-            cursor.execute(compiled.sql, compiled.params(params))
+        self.sent.append(compiled.sql)
+        cursor.execute(compiled.sql, compiled.params(params))
         queued = _PipelinedRows(cursor, compiled)
         if compiled.returns_rows:
             self._queued.append(queued)
         return queued
 
     def commit(self) -> None:
-        # An earlier statement's error (a repeated Idempotency-Key's unique violation) may
-        # arrive while psycopg sends the COMMIT, not only at the sync.
-        with _as_sqlalchemy_error("COMMIT"):
-            self._connection.execute(b"COMMIT")
-            self._pipeline.sync()  # the writes, the COMMIT and every result: one round trip
+        self._connection.execute(b"COMMIT")
+        self._pipeline.sync()  # the writes, the COMMIT and every result: one round trip
         for queued in self._queued:
             queued.rows()
 
@@ -170,10 +157,18 @@ def _pipelined(engine: sa.Engine) -> Iterator[Transaction]:
 
     pooled = engine.raw_connection()
     driver = pooled.driver_connection
+    transaction = None
     try:
         driver.autocommit = True
         with driver.pipeline() as pipeline:
-            yield _PipelinedTransaction(driver, pipeline, engine.dialect)
+            transaction = _PipelinedTransaction(driver, pipeline, engine.dialect)
+            yield transaction
+    except psycopg.Error as error:
+        # In pipeline mode psycopg reports a statement's error at whichever later call reads
+        # its reply (a queue, the COMMIT, the sync): mapped here, once, to SQLAlchemy's own
+        # class (IntegrityError, and so on), as a SQLAlchemy connection would raise it.
+        sql = ";\n".join(transaction.sent) if transaction else "BEGIN"
+        raise sa.exc.DBAPIError.instance(sql, None, error, psycopg.Error) from error
     finally:
         try:  # an uncommitted or failed transaction is rolled back
             if driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:

@@ -89,7 +89,6 @@ def test_a_repeated_key_in_a_batch_gets_its_first_answer_and_the_others_are_stor
         assert stored_events(a) == [("progress", 1), ("progress", 2), ("progress", 3)]
 
 
-
 AWKWARD = ["it's", "''", "\\", "\\'", "%s", "%(job_id)s", "$1", "$$", "; DELETE FROM jobs; --",
            "E'\\n'", "line\nbreak\ttab", "é 日本 🚀", "nul \u0000 inside"]
 
