@@ -65,20 +65,24 @@ def run_projection(task: Task, event_id: int,
         db.session.rollback()
         delay = backoff(event.attempts, config["OUTBOX_RETRY_BACKOFF_SECONDS"],
                         config["OUTBOX_RETRY_BACKOFF_MAX_SECONDS"])
-        attempts = outbox.record_failure(event_id, str(exc), retryable=True,
-                                         max_attempts=config["OUTBOX_MAX_ATTEMPTS"],
-                                         retry_in_s=delay)
-        if attempts >= config["OUTBOX_MAX_ATTEMPTS"]:
-            logger.error("event %s failed after %d attempts: %s", event_id, attempts, exc)
-            return True
-        logger.warning("event %s attempt %d failed, retrying in %.1f s: %s",
-                       event_id, attempts, delay, exc)
-        raise task.retry(countdown=delay, exc=exc) from exc
+        failure = outbox.record_failure(event_id, str(exc), retryable=True,
+                                        max_attempts=config["OUTBOX_MAX_ATTEMPTS"],
+                                        retry_in_s=delay)
+        if failure is None:
+            logger.info("event %s: attempt not counted (no longer pending, or its retry is "
+                        "already scheduled): %s", event_id, exc)
+        elif failure.final:
+            logger.error("event %s failed after %d attempts: %s", event_id, failure.attempts,
+                         exc)
+        else:
+            logger.warning("event %s attempt %d failed, retrying in %.1f s: %s",
+                           event_id, failure.attempts, delay, exc)
+            raise task.retry(countdown=delay, exc=exc) from exc
     except SinkRejected as exc:
         db.session.rollback()
-        outbox.record_failure(event_id, str(exc), retryable=False, max_attempts=1,
-                              retry_in_s=0)
-        logger.error("event %s refused by its sink: %s", event_id, exc)
+        if outbox.record_failure(event_id, str(exc), retryable=False, max_attempts=1,
+                                 retry_in_s=0) is not None:
+            logger.error("event %s refused by its sink: %s", event_id, exc)
     return True
 
 

@@ -383,13 +383,37 @@ def tell(stored: list[events.StoredEvent]) -> None:
             send(announcement)
 
 
+@dataclass(frozen=True)
+class RecordedFailure:
+    attempts: int  # failed attempts so far, this one included
+    final: bool  # the event failed for good: no retry follows
+
+
+# A queued retry's ETA is set after its due time is stored, on the same clock, so it finds
+# itself due; the slack only covers a timer firing a little early.
+RETRY_DUE_SLACK = timedelta(seconds=0.25)
+
+
 def record_failure(event_id: int, error: str, *, retryable: bool, max_attempts: int,
-                   retry_in_s: float) -> int:
+                   retry_in_s: float) -> RecordedFailure | None:
     """Count one failed projection attempt; the event fails for good after the last
-    attempt or at once when retrying cannot help. Returns the attempts so far."""
-    event = db.session.get(Event, event_id)
-    if event is None or event.state != EventState.PENDING:
-        return max_attempts
+    attempt or at once when retrying cannot help.
+
+    None when the failure is not this delivery's to count: the event is no longer pending
+    (projected or failed meanwhile), or a retryable failure came while the event's retry is
+    already scheduled. Several tasks can attempt one event — a job's metrics tasks all
+    count on its oldest pending event, the sweeper re-announces what stays pending — and
+    counted one per task, an outage would use up the backoff schedule's attempts in
+    seconds. The caller then neither retries (the scheduled retry stands for it) nor
+    reports a failure."""
+    found = db.session.execute(
+        sa.select(Event, Event.enqueued_at <= utcnow() + RETRY_DUE_SLACK)
+        .where(Event.id == event_id).with_for_update()
+        .execution_options(populate_existing=True)).first()
+    if found is None or found[0].state != EventState.PENDING or (retryable and not found[1]):
+        db.session.rollback()
+        return None
+    event = found[0]
     event.attempts += 1
     event.last_error = error[:4000]
     if not retryable or event.attempts >= max_attempts:
@@ -398,7 +422,7 @@ def record_failure(event_id: int, error: str, *, retryable: bool, max_attempts: 
         # Not stale before the retry is due: the sweeper must not race the queue's retry.
         event.enqueued_at = utcnow() + timedelta(seconds=retry_in_s)
     db.session.commit()
-    return event.attempts if event.state == EventState.PENDING else max_attempts
+    return RecordedFailure(event.attempts, final=event.state == EventState.FAILED)
 
 
 def sweep(stale_after_s: float, limit: int = 1000) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -11,6 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from platform_app.extensions import db
 from platform_app.models import Event, EventState
+from platform_app.services import outbox
 from platform_app.services.errors import SinkRejected
 from tests.conftest import wait_until
 
@@ -34,6 +36,54 @@ def test_mlflow_outage_delays_but_loses_nothing(stack):
     run_id = api.job(job["job_id"])["mlflow_run_id"]
     points = MlflowClient(stack.mlflow.uri).get_metric_history(run_id, "loss")
     assert sorted(p.step for p in points) == [1, 2, 3, 4, 5, 6]
+
+
+OUTAGE_CALLBACKS = 20
+
+
+def most_attempts_within(seconds: float, config) -> int:
+    """What the backoff schedule allows: each retry at least half its ceiling (the jitter)
+    less the slack allowed to a timer (workers/tasks.backoff, outbox.record_failure)."""
+    elapsed, attempts = 0.0, 1
+    while True:
+        ceiling = min(config.OUTBOX_RETRY_BACKOFF_MAX_SECONDS,
+                      config.OUTBOX_RETRY_BACKOFF_SECONDS * 2 ** attempts / 2)
+        elapsed += max(0.0, ceiling / 2 - outbox.RETRY_DUE_SLACK.total_seconds())
+        if elapsed > seconds:
+            return attempts
+        attempts += 1
+
+
+def test_callbacks_during_an_outage_do_not_use_up_the_retries(stack):
+    """Every callback accepted while MLflow is down can start a metrics task of its own
+    (a task clears its job's queued flag when it takes the job up, and the sweeper
+    re-announces what stays pending). Their failed attempts all fall on the job's oldest
+    pending event: counted one per task, they would fail it for good long before its backoff
+    schedule ends. One failed attempt counts per scheduled retry."""
+    api = stack.actions
+    job = api.create_job()
+    first = api.callback(job, "progress", {"current_epoch": 1, "metrics": {"loss": 1.0}})
+    stack.wait_projected([first.get_json()["event_id"]])
+    stack.mlflow.stop()
+    started = time.monotonic()
+    try:
+        ids = []
+        for epoch in range(2, 2 + OUTAGE_CALLBACKS):
+            ids.append(api.callback(job, "progress", {"current_epoch": epoch,
+                                                      "metrics": {"loss": 1 / epoch}})
+                       .get_json()["event_id"])
+            time.sleep(0.25)
+        oldest = stack.event(ids[0])
+        elapsed = time.monotonic() - started
+    finally:
+        stack.mlflow.start()
+    assert oldest["state"] == "pending"
+    # counted one per task, this was 50 attempts (the stack's maximum) within 5 s
+    assert 1 <= oldest["attempts"] <= most_attempts_within(elapsed, stack.config), oldest
+    stack.wait_projected(ids, timeout=90)
+    run_id = api.job(job["job_id"])["mlflow_run_id"]
+    points = MlflowClient(stack.mlflow.uri).get_metric_history(run_id, "loss")
+    assert sorted(p.step for p in points) == list(range(1, 2 + OUTAGE_CALLBACKS))
 
 
 def test_killed_worker_loses_nothing(stack):
