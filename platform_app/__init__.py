@@ -52,7 +52,8 @@ def create_app(config: Config | None = None) -> Flask:
     celery_init_app(app)
     app.extensions["tracking"] = TrackingService(
         app.config["MLFLOW_TRACKING_URI"], app.config["MLFLOW_HTTP_REQUEST_TIMEOUT"],
-        app.config["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+        app.config["MLFLOW_HTTP_REQUEST_MAX_RETRIES"],
+        app.config["MLFLOW_OUTAGE_PROBE_SECONDS"])
     app.extensions["storage"] = ObjectStore(
         app.config["S3_ENDPOINT_URL"], app.config["S3_ACCESS_KEY"], app.config["S3_SECRET_KEY"],
         app.config["S3_BUCKET"], app.config["S3_REGION"],

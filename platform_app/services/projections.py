@@ -129,24 +129,27 @@ def project_job_metrics(job_id: int, tracking: TrackingService) -> list[int]:
     projected: list[int] = []
     end_snapshot()  # the lock may take seconds to come free
     with locks.job_lock("metrics", job_id) as renew_lock:
+        # Taken up before the outage check: the job's next callback then queues a task,
+        # which probes MLflow again once this process's probe interval has passed.
         metrics_queue.take_up(job_id)
-        run_id = ensure_run(db.session.get(Job, job_id), tracking)
-        while (batch := next_metrics_batch(job_id, batch_size)) is not None:
-            end_snapshot()
-            requests, rejected = _write_isolating_rejects(batch.points, run_id, tracking,
-                                                          logger)
-            if batch.completion is not None:
-                tracking.finish_run(run_id, *batch.completion)
-            _fail_rejected(rejected)
-            ids = [event_id for event_id, _ in batch.points if event_id not in rejected]
-            claim(ids)
-            db.session.commit()
-            projected.extend(ids)
-            renew_lock()
-            logger.info("projected %d events into MLflow run %s in %d requests",
-                        len(ids), run_id, requests)
-            if not batch.more:
-                break
+        with tracking.available():
+            run_id = ensure_run(db.session.get(Job, job_id), tracking)
+            while (batch := next_metrics_batch(job_id, batch_size)) is not None:
+                end_snapshot()
+                requests, rejected = _write_isolating_rejects(batch.points, run_id, tracking,
+                                                              logger)
+                if batch.completion is not None:
+                    tracking.finish_run(run_id, *batch.completion)
+                _fail_rejected(rejected)
+                ids = [event_id for event_id, _ in batch.points if event_id not in rejected]
+                claim(ids)
+                db.session.commit()
+                projected.extend(ids)
+                renew_lock()
+                logger.info("projected %d events into MLflow run %s in %d requests",
+                            len(ids), run_id, requests)
+                if not batch.more:
+                    break
     return projected
 
 
