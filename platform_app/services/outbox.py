@@ -410,10 +410,10 @@ def record_failure(event_id: int, error: str, *, retryable: bool, max_attempts: 
         sa.select(Event, Event.enqueued_at <= utcnow() + RETRY_DUE_SLACK)
         .where(Event.id == event_id).with_for_update()
         .execution_options(populate_existing=True)).first()
-    if found is None or found[0].state != EventState.PENDING or (retryable and not found[1]):
+    event, due = found if found is not None else (None, False)
+    if event is None or event.state != EventState.PENDING or (retryable and not due):
         db.session.rollback()
         return None
-    event = found[0]
     event.attempts += 1
     event.last_error = error[:4000]
     if not retryable or event.attempts >= max_attempts:
