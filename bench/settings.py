@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from platform_app.devstack import WORKER_CONCURRENCY
+from platform_app.devstack import GUNICORN_CONFIG, WORKER_CONCURRENCY
 
 # The API's own gunicorn settings, so the benchmark measures what is deployed.
-PLATFORM_GUNICORN_ARGS: tuple[str, ...] = ("-c", "python:platform_app.gunicorn_conf")
+PLATFORM_GUNICORN_ARGS: tuple[str, ...] = ("-c", GUNICORN_CONFIG)
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ class Config:
     PUBLIC_BASE_URL: str = ""  # default: the host the request came to
     CALLBACK_TOKEN_TTL_SECONDS: int = setting(7 * 24 * 3600, minimum=60)
     VIEW_TOKEN_TTL_SECONDS: int = setting(600, minimum=10)
-    WS_MAX_CONNECTIONS: int = setting(100, minimum=1)  # per process; < GUNICORN_THREADS
+    WS_MAX_CONNECTIONS: int = setting(100, minimum=1)  # per process; < GUNICORN_WORKER_CONNECTIONS
     WS_HEARTBEAT_SECONDS: float = setting(20.0, minimum=0.5)
     WS_QUEUE_SIZE: int = setting(1000, minimum=1)
     MAX_CONTENT_LENGTH: int = setting(8 * 1024 * 1024, minimum=1024)

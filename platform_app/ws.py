@@ -7,8 +7,8 @@ operator key as `X-API-Key`. On connect the socket gets a snapshot, then — wit
 and no duplicate: the Redis subscription starts before the DB read, and live copies of
 replayed events are skipped.
 
-Each socket holds one server thread (gthread workers); `WS_MAX_CONNECTIONS` per process keeps
-threads free for HTTP requests.
+Each socket holds one of its process's connections (a greenlet, gevent workers) for its
+lifetime; `WS_MAX_CONNECTIONS` per process keeps connections free for HTTP requests.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import requests
 
 from platform_app import create_app, init_platform
 from platform_app.config import Config
-from platform_app.devstack import free_port
+from platform_app.devstack import GUNICORN_CONFIG, free_port
 from platform_app.extensions import db
 from tests.fixtures.loki import LokiReceiver
 
@@ -180,7 +180,7 @@ class Worker:
 
 @dataclass
 class LiveServer:
-    """The API under gunicorn (gthread), as deployed: for WebSocket and SDK tests."""
+    """The API under gunicorn (gevent), as deployed: for WebSocket and SDK tests."""
 
     env: dict[str, str]
     log_path: Path
@@ -192,8 +192,8 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{port}"
         self.log_file = open(self.log_path, "a")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "python:platform_app.gunicorn_conf",
-             "--bind", f"127.0.0.1:{port}", "--workers", "1", "--threads", "32",
+            [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG,
+             "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-connections", "64",
              "--control-socket", str(self.log_path.with_suffix(".ctl")), "wsgi:app"],
             cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
             env={**self.env,

@@ -8,6 +8,7 @@ from .ports import free_port, free_ports, port_or_free
 from .process import ManagedProcess, ServiceStartError, find_binary
 from .readiness import S3Settings
 from .services import (
+    GUNICORN_CONFIG,
     WORKER_CONCURRENCY,
     celery_worker_command,
     create_database,
@@ -18,6 +19,7 @@ from .services import (
 )
 
 __all__ = [
+    "GUNICORN_CONFIG",
     "WORKER_CONCURRENCY",
     "celery_worker_command",
     "ManagedProcess",

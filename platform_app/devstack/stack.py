@@ -193,7 +193,7 @@ def _app_commands(run: RunDir) -> dict[str, str]:
     worker_metrics = shlex.quote(str(run.root / "prometheus" / "worker"))
     commands = {
         "api": f"env PROMETHEUS_MULTIPROC_DIR={api_metrics} {gunicorn}"
-        " -c python:platform_app.gunicorn_conf"
+        f" -c {shlex.quote(services.GUNICORN_CONFIG)}"
         f" --bind {HOST}:$API_PORT --control-socket {control_socket} wsgi:app",
         "worker": f"env PROMETHEUS_MULTIPROC_DIR={worker_metrics}"
         f" {shlex.join(services.celery_worker_command('-E'))}",
