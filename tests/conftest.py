@@ -193,7 +193,7 @@ class LiveServer:
         self.log_file = open(self.log_path, "a")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", GUNICORN_CONFIG,
-             "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-connections", "64",
+             "--bind", f"127.0.0.1:{port}", "--workers", "1",
              "--control-socket", str(self.log_path.with_suffix(".ctl")), "wsgi:app"],
             cwd=ROOT, stdout=self.log_file, stderr=subprocess.STDOUT, start_new_session=True,
             env={**self.env,

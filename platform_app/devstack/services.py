@@ -36,8 +36,7 @@ SEAWEED_GRPC_OFFSET = 10000
 # with the workers draining into MLflow). Set per session, see priority.py.
 SINK_NICE = 10
 WORKER_CONCURRENCY = 2  # prefork children: one per core here
-# The API's gunicorn config, by path: `python:platform_app.gunicorn_conf` would import the
-# package (Flask, redis, botocore: ssl) before the config's gevent patch can run.
+# The API's gunicorn config, by path (why not `python:…`: its docstring).
 GUNICORN_CONFIG = str(Path(__file__).resolve().parent.parent / "gunicorn_conf.py")
 # MLflow under gunicorn, one process per core: a single process caps MLflow at one core while
 # the platform's workers write several jobs' batches at once (~1.8× the metrics/s with two
