@@ -11,4 +11,4 @@ RUN pip install ".[stack]"
 RUN useradd --create-home platform && mkdir -p /metrics && chown platform /metrics
 USER platform
 EXPOSE 8000
-CMD ["gunicorn", "-c", "python:platform_app.gunicorn_conf", "--bind", "0.0.0.0:8000", "wsgi:app"]
+CMD ["gunicorn", "-c", "platform_app/gunicorn_conf.py", "--bind", "0.0.0.0:8000", "wsgi:app"]
