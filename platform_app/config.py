@@ -66,6 +66,7 @@ class Config:
     MLFLOW_HTTP_REQUEST_TIMEOUT: int = setting(10, minimum=1)
     MLFLOW_HTTP_REQUEST_MAX_RETRIES: int = setting(0, minimum=0)
     MLFLOW_OUTAGE_PROBE_SECONDS: float = setting(1.0, minimum=0)
+    MLFLOW_OUTAGE_HOLD_SECONDS: float = setting(5.0, minimum=0)
     S3_ENDPOINT_URL: str = "http://127.0.0.1:8333"
     S3_ACCESS_KEY: str = ""
     S3_SECRET_KEY: str = ""

@@ -106,6 +106,12 @@ def project_job_metrics(self: Task, event_id: int, job_id: int) -> None:
     (services/metrics_queue.py), so it projects whatever is pending — also when its own event
     went out with another batch."""
     tracking = current_app.extensions["tracking"]
+    if hold_s := projections.hold_while_mlflow_down(job_id, tracking):
+        # A scheduled retry keeps its place (nothing else may come for an idle job); a task
+        # queued by a callback ends, and when the hold expires the next callback queues one.
+        if self.request.retries:
+            raise self.retry(countdown=hold_s)
+        return
     while True:
         # The anchor is the event attempts are counted on; another worker may project it
         # between this look-up and the claim, and then this task looks again.

@@ -65,6 +65,23 @@ def take_up(job_id: int) -> None:
         client = redis_client(current_app.config["REDIS_URL"])
         queued_at = client.getdel(queued_flag(job_id))
         if queued_at is not None:
-            client.set(last_wait_key(job_id), now_ms() - int(queued_at), ex=_ttl())
+            waited_ms = max(0, now_ms() - int(queued_at))  # a hold's flag lies in the future
+            client.set(last_wait_key(job_id), waited_ms, ex=_ttl())
     except redis.RedisError as exc:  # the flag expires by itself
         job_logger(__name__, job_id).warning("queued-task flag not cleared: %s", exc)
+
+
+def hold(job_id: int, hold_s: float) -> None:
+    """While MLflow is down, a metrics task sets the job's flag until `hold_s` from now
+    instead of taking the job up: the job's callbacks queue no task meanwhile (each would
+    only find MLflow down again — with MLflow stopped in `make bench`'s half-load rounds the
+    workers turned over ~45 such tasks a second, as fast as they could), and its time lies
+    in the future, so the hold does not count as waiting: an outage is no reason to slow
+    trainers down, their callbacks are stored. When it expires, the job's next callback
+    queues a task, which holds again or probes MLflow."""
+    hold_ms = max(1, int(hold_s * 1000))
+    try:
+        redis_client(current_app.config["REDIS_URL"]).set(
+            queued_flag(job_id), now_ms() + hold_ms, px=hold_ms)
+    except redis.RedisError as exc:  # then callbacks queue tasks as before
+        job_logger(__name__, job_id).warning("metrics not held during the outage: %s", exc)

@@ -4,6 +4,8 @@ MLflow, which has no transactions with us) writes points that MLflow stores once
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -22,7 +24,7 @@ from platform_app.models import (
     utcnow,
 )
 from platform_app.services import locks, loki, metrics_queue
-from platform_app.services.errors import SinkRejected
+from platform_app.services.errors import SinkRejected, SinkUnavailable
 from platform_app.services.tracking import Point, RunSpec, TrackingService, legal_metric_key
 
 
@@ -115,6 +117,30 @@ def oldest_pending_metrics_event(job_id: int) -> int | None:
     return db.session.scalar(pending_metrics_events(job_id).with_only_columns(Event.id).limit(1))
 
 
+def hold_while_mlflow_down(job_id: int, tracking: TrackingService) -> float:
+    """While this process knows MLflow to be down, put the job's metrics on hold
+    (services/metrics_queue.py `hold`) for at least MLFLOW_OUTAGE_HOLD_SECONDS, without
+    looking at its events: returns for how long, 0 when MLflow is not known to be down."""
+    outage_s = tracking.outage_left_s()
+    if not outage_s:
+        return 0.0
+    hold_s = max(outage_s, current_app.config["MLFLOW_OUTAGE_HOLD_SECONDS"])
+    metrics_queue.hold(job_id, hold_s)
+    job_logger(__name__, job_id).debug("MLflow is down: metrics held for %.1f s", hold_s)
+    return hold_s
+
+
+@contextmanager
+def _held_when_down(job_id: int, tracking: TrackingService) -> Iterator[None]:
+    """The task that finds MLflow down had taken the job up: hold it again at once, or each
+    of its callbacks until the next task would queue one."""
+    try:
+        yield
+    except SinkUnavailable:
+        hold_while_mlflow_down(job_id, tracking)
+        raise
+
+
 def project_job_metrics(job_id: int, tracking: TrackingService) -> list[int]:
     """Write the pending progress/completion events of a job to its MLflow run, oldest
     first, in as few `log_batch` calls as MLflow's limits allow, and return their ids.
@@ -132,7 +158,7 @@ def project_job_metrics(job_id: int, tracking: TrackingService) -> list[int]:
         # Taken up before the outage check: the job's next callback then queues a task,
         # which probes MLflow again once this process's probe interval has passed.
         metrics_queue.take_up(job_id)
-        with tracking.available():
+        with _held_when_down(job_id, tracking), tracking.available():
             run_id = ensure_run(db.session.get(Job, job_id), tracking)
             while (batch := next_metrics_batch(job_id, batch_size)) is not None:
                 end_snapshot()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ MAX_METRICS_PER_BATCH = 1000  # MLflow's log_batch limit
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_VALUE = 6000
 LOG_BATCH_ENDPOINT = "/api/2.0/mlflow/runs/log-batch"  # MLflow's REST API, documented
+HEALTH_ENDPOINT = "/health"  # the tracking server's liveness page
 JSON_HEADERS = {"Content-Type": "application/json"}
 _ILLEGAL = re.compile(r"[^/\w.\- ]")
 
@@ -97,27 +99,50 @@ class TrackingService:
         self.client = MlflowClient(tracking_uri)
         self._host_creds = _host_creds_source(self.client)
         # Opened by MLflow being unavailable, not by data it refuses or anything else.
+        self._opened = _OpenedAt()
         self._outage = pybreaker.CircuitBreaker(
             fail_max=1, reset_timeout=outage_probe_s, throw_new_error_on_trip=False,
-            exclude=[lambda exc: not isinstance(exc, SinkUnavailable)])
+            exclude=[lambda exc: not isinstance(exc, SinkUnavailable)],
+            listeners=[self._opened])
 
     @contextmanager
     def available(self) -> Iterator[None]:
         """Work that ends in MLflow writes, skipped at once while MLflow is known to be down.
 
         This process's last MLflow call found it unavailable: for `outage_probe_s` whatever
-        runs under this fails with SinkUnavailable before it starts, then one caller probes
-        again. During an outage every callback of a job can start a metrics task; each
-        loaded the job's pending events and encoded them, only to be refused a connection
-        (~0.45 of the 2 cores here with MLflow stopped in `make bench`'s half-load phase,
-        cores MLflow's absence should have given back to the request path)."""
+        runs under this fails with SinkUnavailable before it starts, then the next caller
+        probes MLflow's health page before its work runs. During an outage every callback of
+        a job could start a metrics task; each loaded the job's pending events and encoded
+        them, only to be refused a connection (~0.45 of the 2 cores here with MLflow stopped
+        in `make bench`'s half-load phase, cores MLflow's absence should have given back to
+        the request path), and a probe that was the work itself still did so once per
+        interval and process."""
         try:
             with self._outage.calling():
+                if self._outage.current_state == pybreaker.STATE_HALF_OPEN:
+                    self._probe()
                 yield
         except pybreaker.CircuitBreakerError as exc:
             raise SinkUnavailable(
                 f"MLflow unavailable: its last request failed, next probe within "
                 f"{self._outage.reset_timeout:g} s") from exc
+
+    def outage_left_s(self) -> float:
+        """How long this process still treats MLflow as down without asking it: 0 when MLflow
+        is not known to be down, or when its probe is due."""
+        if self._outage.current_state != pybreaker.STATE_OPEN:
+            return 0.0
+        return max(0.0, self._opened.at + self._outage.reset_timeout - time.monotonic())
+
+    def _probe(self) -> None:
+        """Any answer but a server error means MLflow is back: a proxy in front of it may not
+        serve the health page, and the work that follows finds out about the rest."""
+        with _classified("health"):
+            response = http_request(self._host_creds(), HEALTH_ENDPOINT, "GET",
+                                    max_retries=0, raise_on_status=False)
+        if response.status_code >= 500 or response.status_code in (408, 429):
+            raise SinkUnavailable(f"MLflow unavailable: its health page answered "
+                                  f"{response.status_code}")
 
     def ensure_experiment(self, name: str) -> str:
         with _classified("ensure_experiment"):
@@ -178,6 +203,19 @@ class TrackingService:
 
     def run_url(self, experiment_id: str, run_id: str) -> str:
         return f"{self.tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+class _OpenedAt(pybreaker.CircuitBreakerListener):
+    """When the breaker last opened (monotonic seconds); pybreaker keeps it only in its
+    storage, in wall-clock time."""
+
+    def __init__(self) -> None:
+        self.at = 0.0
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old_state: object,
+                     new_state: pybreaker.CircuitBreakerState) -> None:
+        if new_state.name == pybreaker.STATE_OPEN:
+            self.at = time.monotonic()
 
 
 def _host_creds_source(client: MlflowClient) -> Callable[[], MlflowHostCreds]:

@@ -3,13 +3,18 @@ progress callbacks; nothing it already sent is lost and its other callbacks stil
 
 from __future__ import annotations
 
+import json
 import time
 from types import SimpleNamespace
 
+import pytest
 import redis
 
-from platform_app.services import backpressure
+from platform_app.models import now_ms
+from platform_app.services import backpressure, metrics_queue, projections
+from platform_app.services.errors import SinkUnavailable
 from platform_app.services.metrics_queue import queued_flag
+from platform_app.services.tracking import TrackingService
 from tests.api.test_callbacks import PROGRESS
 
 
@@ -77,3 +82,43 @@ def test_the_hold_ends_after_retry_after(api, api_config, monkeypatch):
     api.callback(job, "progress", {**PROGRESS, "current_epoch": 2})
     api.callback(job, "progress", {**PROGRESS, "current_epoch": 3})
     assert api.job(job["job_id"])["current_epoch"] == 3
+
+
+def queued_metrics_tasks(api_config, job_id: int) -> int:
+    """Metrics tasks waiting in the broker for the job (no worker consumes it here)."""
+    broker = redis.Redis.from_url(api_config.CELERY_BROKER_URL)
+    headers = [json.loads(raw)["headers"] for raw in broker.lrange("platform", 0, -1)]
+    return sum(h["task"] == metrics_queue.TASK and h["kwargsrepr"] == repr({"job_id": job_id})
+               for h in headers)
+
+
+def test_a_job_on_hold_during_an_mlflow_outage_queues_nothing_and_is_not_held_back(
+        api, api_app, api_config):
+    """A metrics task that finds MLflow down holds its job (metrics_queue.hold) for longer
+    than the backpressure threshold: the job's callbacks meanwhile are accepted and queue no
+    task of their own; another job's first callback queues one, as always."""
+    held, other = api.create_job(), api.create_job()
+    with api_app.app_context():
+        metrics_queue.hold(held["job_id"], api_config.BACKPRESSURE_LAG_SECONDS + 30)
+    for epoch in (1, 2, 3):
+        for job in (held, other):
+            api.callback(job, "progress", {**PROGRESS, "current_epoch": epoch})
+    assert queued_metrics_tasks(api_config, held["job_id"]) == 0
+    assert queued_metrics_tasks(api_config, other["job_id"]) == 1
+    assert api.job(held["job_id"])["current_epoch"] == 3
+
+
+def test_a_worker_that_knows_mlflow_is_down_holds_the_job_without_looking(api_app, api_config):
+    """For as long as its breaker says MLflow is down, at least MLFLOW_OUTAGE_HOLD_SECONDS."""
+    tracking = TrackingService("http://127.0.0.1:9", timeout_s=1, max_retries=0,
+                               outage_probe_s=60)
+    broker = redis.Redis.from_url(api_config.REDIS_URL)
+    with api_app.app_context():
+        assert projections.hold_while_mlflow_down(7, tracking) == 0  # not known to be down
+        assert not broker.exists(queued_flag(7))
+        with pytest.raises(SinkUnavailable), tracking.available():
+            raise SinkUnavailable("MLflow unreachable")
+        held_s = projections.hold_while_mlflow_down(7, tracking)
+    assert 59 < held_s <= 60 and api_config.MLFLOW_OUTAGE_HOLD_SECONDS < 59
+    assert now_ms() + 58_000 < int(broker.get(queued_flag(7))) <= now_ms() + 60_000
+    assert 58_000 < broker.pttl(queued_flag(7)) <= 60_000

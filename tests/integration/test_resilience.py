@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from mlflow.tracking import MlflowClient
 
 from platform_app.extensions import db
-from platform_app.models import Event, EventState
-from platform_app.services import outbox
+from platform_app.models import Event, EventState, now_ms
+from platform_app.services import metrics_queue, outbox
 from platform_app.services.errors import SinkRejected
 from tests.conftest import wait_until
 
@@ -84,6 +84,55 @@ def test_callbacks_during_an_outage_do_not_use_up_the_retries(stack):
     run_id = api.job(job["job_id"])["mlflow_run_id"]
     points = MlflowClient(stack.mlflow.uri).get_metric_history(run_id, "loss")
     assert sorted(p.step for p in points) == list(range(1, 2 + OUTAGE_CALLBACKS))
+
+
+def test_a_job_is_held_not_churned_while_mlflow_is_down(stack, monkeypatch):
+    """Once a worker has found MLflow down, it holds the job instead of having each callback
+    queue a task that would only find MLflow down again (projections.hold_while_mlflow_down):
+    the queued-task flag holds a time in the future, so the job's callbacks queue (almost) no
+    tasks, and they are not held back however long the outage lasts. After it everything
+    lands."""
+    api = stack.actions
+    job = api.create_job()
+    first = api.callback(job, "progress", {"current_epoch": 1, "metrics": {"loss": 1.0}})
+    stack.wait_projected([first.get_json()["event_id"]])
+    flag = metrics_queue.queued_flag(job["job_id"])
+    sent, ids = [], []
+    send = outbox.send
+
+    def counting_send(announcement: outbox.Announcement) -> bool:
+        sent.append(announcement)
+        return send(announcement)
+
+    def report() -> None:
+        epoch = 2 + len(ids)
+        ids.append(api.callback(job, "progress", {"current_epoch": epoch,
+                                                  "metrics": {"loss": 1 / epoch}})
+                   .get_json()["event_id"])
+        time.sleep(0.1)
+
+    stack.mlflow.stop()
+    try:
+        def held() -> bool:
+            report()
+            return int(stack.broker.get(flag) or 0) > now_ms()
+        wait_until(held, timeout=30, message="the job's metrics held during the outage")
+        monkeypatch.setattr(outbox, "send", counting_send)
+        # longer than the backpressure threshold: every callback is accepted (202)
+        deadline = time.monotonic() + stack.config.BACKPRESSURE_LAG_SECONDS + 2
+        held_since = len(ids)
+        while time.monotonic() < deadline:
+            report()
+        during_hold = len(ids) - held_since
+        assert stack.event(ids[0])["state"] == "pending"
+    finally:
+        stack.mlflow.start()
+    # one task per callback, as before the hold, would be 40 here
+    assert during_hold >= 20 and len(sent) <= 3, (during_hold, sent)
+    stack.wait_projected(ids, timeout=90)
+    run_id = api.job(job["job_id"])["mlflow_run_id"]
+    points = MlflowClient(stack.mlflow.uri).get_metric_history(run_id, "loss")
+    assert sorted(p.step for p in points) == list(range(1, 2 + len(ids)))
 
 
 def test_killed_worker_loses_nothing(stack):
