@@ -155,8 +155,8 @@ def project_job_metrics(job_id: int, tracking: TrackingService) -> list[int]:
     projected: list[int] = []
     end_snapshot()  # the lock may take seconds to come free
     with locks.job_lock("metrics", job_id) as renew_lock:
-        # Taken up before the outage check: the job's next callback then queues a task,
-        # which probes MLflow again once this process's probe interval has passed.
+        # Taken up before the outage check, which holds the job again if MLflow is down
+        # (its callbacks queue no task until the hold ends).
         metrics_queue.take_up(job_id)
         with _held_when_down(job_id, tracking), tracking.available():
             run_id = ensure_run(db.session.get(Job, job_id), tracking)
