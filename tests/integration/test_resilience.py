@@ -55,11 +55,11 @@ def most_attempts_within(seconds: float, config) -> int:
 
 
 def test_callbacks_during_an_outage_do_not_use_up_the_retries(stack):
-    """Every callback accepted while MLflow is down can start a metrics task of its own
-    (a task clears its job's queued flag when it takes the job up, and the sweeper
-    re-announces what stays pending). Their failed attempts all fall on the job's oldest
-    pending event: counted one per task, they would fail it for good long before its backoff
-    schedule ends. One failed attempt counts per scheduled retry."""
+    """Several metrics tasks can fail on a job while MLflow is down (a callback after each
+    hold expires or a probe took the job up, a scheduled retry, the sweeper's
+    re-announcements). Their failed attempts all fall on the job's oldest pending event:
+    counted one per task, they would fail it for good long before its backoff schedule ends.
+    One failed attempt counts per scheduled retry."""
     api = stack.actions
     job = api.create_job()
     first = api.callback(job, "progress", {"current_epoch": 1, "metrics": {"loss": 1.0}})
