@@ -29,6 +29,7 @@ from pathlib import Path
 import psycopg
 import redis
 
+from bench import cpu
 from bench.progress import log
 from bench.settings import BenchSettings
 from platform_app.config import Config
@@ -53,6 +54,7 @@ from platform_app.services import metrics_queue
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = {"postgres": 60, "redis": 20, "s3": 60, "mlflow": 120, "api": 90, "worker": 90}
 BUCKET = "training"
+MLFLOW_DATABASE = "mlflow"  # on the platform's cluster
 # Services every figure needs; the others are started only when a selected figure asks.
 ALWAYS = frozenset({"postgres", "redis", "s3", "api"})
 
@@ -95,7 +97,7 @@ class BenchStack:
             proc.wait_ready(START_TIMEOUT[proc.name])
         admin_url = self._procs["postgres"].uri or ""
         self.platform_db_url = create_database(admin_url, "platform")
-        self.mlflow_db_url = create_database(admin_url, "mlflow")
+        self.mlflow_db_url = create_database(admin_url, MLFLOW_DATABASE)
         mlflow_port = free_port()
         self.mlflow_uri = f"http://{HOST}:{mlflow_port}"
         if "mlflow" in needs:
@@ -263,6 +265,15 @@ class BenchStack:
             started = time.monotonic()
             proc.start_and_wait(START_TIMEOUT["mlflow"])
             log.info("MLflow is back after %.1f s", time.monotonic() - started)
+
+    # --- where the cores go -------------------------------------------------------------------
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds used so far per running service (bench/cpu.py); MLflow's database
+        backends count as "mlflow-postgres", the platform's as "postgres"."""
+        roots = {name: proc.pid for name, proc in self._procs.items()
+                 if proc.running and proc.pid is not None}
+        return cpu.cpu_seconds(roots, {MLFLOW_DATABASE: "mlflow-postgres"})
 
     # --- the backlog between phases ----------------------------------------------------------
 
