@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -43,7 +45,7 @@ def test_a_real_child_and_its_child_are_counted():
     parent = subprocess.Popen([sys.executable, "-c", (
         "import subprocess, sys, time\n"
         f"subprocess.Popen([sys.executable, '-c', {burn!r} + 'time.sleep(30)'])\n"
-        f"{burn}time.sleep(30)\n")])
+        f"{burn}time.sleep(30)\n")], start_new_session=True)
     try:
         time.sleep(0.1)
         deadline = time.monotonic() + 20
@@ -51,7 +53,7 @@ def test_a_real_child_and_its_child_are_counted():
             assert time.monotonic() < deadline, used
             time.sleep(0.1)
     finally:
-        parent.kill()
+        os.killpg(parent.pid, signal.SIGKILL)  # the child too
         parent.wait()
     assert used < 5  # its own and its child's 0.3 s each, not the machine's
 
