@@ -9,6 +9,7 @@ tests/fixtures/services.py, started on free ports and stopped afterwards.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import secrets
 import subprocess
@@ -46,6 +47,12 @@ def wait_until(predicate: Callable[[], object], timeout: float = 30, interval: f
             pytest.fail(f"timed out after {timeout} s waiting for {message}")
         time.sleep(interval)
 
+
+def queued_tasks(broker: redis.Redis, job_id: int) -> list[str]:
+    """Names of the tasks waiting in the broker's queue for one job (earlier tests may have
+    left retries of their own there)."""
+    messages = [json.loads(raw)["headers"] for raw in broker.lrange("platform", 0, -1)]
+    return sorted(m["task"] for m in messages if m.get("kwargsrepr") == repr({"job_id": job_id}))
 
 def base_config(**overrides: object) -> Config:
     settings = dict(

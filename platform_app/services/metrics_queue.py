@@ -3,7 +3,8 @@
 A metrics task projects every pending progress/completion event of its job, so while one is
 queued for the job a callback needs none. A Redis flag says so: set if absent by the callback
 that queues the task (in the same pipeline as its live publish, so it costs no round trip),
-cleared by the task when it takes the job up. Under load the queue then holds one message per
+cleared by the task when it takes the job up — or, while MLflow is down, set by the task
+to the end of a hold instead (`hold`). Under load the queue then holds one message per
 job instead of one per callback, and the workers do not spend their CPU on tasks that find
 their event already projected.
 

@@ -3,7 +3,6 @@ progress callbacks; nothing it already sent is lost and its other callbacks stil
 
 from __future__ import annotations
 
-import json
 import time
 from types import SimpleNamespace
 
@@ -16,6 +15,7 @@ from platform_app.services.errors import SinkUnavailable
 from platform_app.services.metrics_queue import queued_flag
 from platform_app.services.tracking import TrackingService
 from tests.api.test_callbacks import PROGRESS
+from tests.conftest import queued_tasks
 
 
 def metrics_queued_for(api_config, job_id: int, seconds_ago: float) -> None:
@@ -87,9 +87,7 @@ def test_the_hold_ends_after_retry_after(api, api_config, monkeypatch):
 def queued_metrics_tasks(api_config, job_id: int) -> int:
     """Metrics tasks waiting in the broker for the job (no worker consumes it here)."""
     broker = redis.Redis.from_url(api_config.CELERY_BROKER_URL)
-    headers = [json.loads(raw)["headers"] for raw in broker.lrange("platform", 0, -1)]
-    return sum(h["task"] == metrics_queue.TASK and h["kwargsrepr"] == repr({"job_id": job_id})
-               for h in headers)
+    return queued_tasks(broker, job_id).count(metrics_queue.TASK)
 
 
 def test_a_job_on_hold_during_an_mlflow_outage_queues_nothing_and_is_not_held_back(

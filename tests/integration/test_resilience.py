@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import json
 import time
 
 import pytest
@@ -14,7 +13,7 @@ from platform_app.extensions import db
 from platform_app.models import Event, EventState, now_ms
 from platform_app.services import metrics_queue, outbox
 from platform_app.services.errors import SinkRejected
-from tests.conftest import wait_until
+from tests.conftest import queued_tasks, wait_until
 
 
 def test_mlflow_outage_delays_but_loses_nothing(stack):
@@ -154,13 +153,6 @@ def test_killed_worker_loses_nothing(stack):
     run_id = api.job(job["job_id"])["mlflow_run_id"]
     points = MlflowClient(stack.mlflow.uri).get_metric_history(run_id, "loss")
     assert sorted(p.step for p in points) == [1, 2, 3]
-
-
-def queued_tasks(broker, job_id: int) -> list[str]:
-    """Names of the tasks waiting in the queue for one job (earlier tests may have left
-    retries of their own there)."""
-    messages = [json.loads(raw)["headers"] for raw in broker.lrange("platform", 0, -1)]
-    return sorted(m["task"] for m in messages if m.get("kwargsrepr") == repr({"job_id": job_id}))
 
 
 def test_broker_flush_is_recovered_by_the_sweeper(stack):
